@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from codedance_jax.processing.image import image_token_count
+
 IMAGE_TOKEN_ID = 151655
 VIDEO_TOKEN_ID = 151656
 VISION_START_TOKEN_ID = 151652
@@ -63,7 +65,7 @@ def _positions_for_sequence(token_types, grids, next_grid: int, start: int, spat
                 f"{where}: image {next_grid} at token {begin} has no grid "
                 f"(only {len(grids)} image grids given)")
         grid = grids[next_grid]
-        expected = int(np.prod(grid)) // spatial_merge_size**2
+        expected = image_token_count(grid, spatial_merge_size)
         if length != expected:
             raise ValueError(
                 f"{where}: image {next_grid} at token {begin} has {length} image pad tokens but "
