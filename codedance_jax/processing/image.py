@@ -142,6 +142,12 @@ def preprocess_images(images: Sequence[Image.Image], config: ImageProcessingConf
     return np.concatenate(pixel_values), np.concatenate(grids)
 
 
+def image_grid(image: Image.Image, config: ImageProcessingConfig = ImageProcessingConfig()) -> np.ndarray:
+    """grid_thw [3] that ``preprocess_image`` will give this image, without processing pixels."""
+    height, width = smart_resize(image.height, image.width, config.factor, config.min_pixels, config.max_pixels)
+    return np.array([1, height // config.patch_size, width // config.patch_size], np.int64)
+
+
 def image_token_count(grid_thw, merge_size: int = 2) -> int:
     """Number of ``<|image_pad|>`` tokens (merged patches) an image with this grid takes."""
     t, h, w = (int(x) for x in grid_thw)

