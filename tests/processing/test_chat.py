@@ -68,7 +68,8 @@ def test_images_and_tool_turns_match_whole_string(tokenizer):
 
     # Loss only on the assistant contents and their <|im_end|>, nothing else.
     trained = rendered.input_ids[rendered.loss_mask == 1].tolist()
-    expected = ids_of(tokenizer, f"<think>crop</think>{CODE}<|im_end|>") + ids_of(tokenizer, "<answer>3</answer><|im_end|>")
+    expected = (ids_of(tokenizer, f"<think>crop</think>{CODE}<|im_end|>")
+                + ids_of(tokenizer, "<answer>3</answer><|im_end|>"))
     assert trained == expected
     assert not rendered.loss_mask[rendered.mm_token_type_ids == 1].any()
 
@@ -92,7 +93,8 @@ def test_generation_prompt_is_prefix_of_full_conversation(tokenizer):
     full = render_chat(prompt + [reply], tokenizer)
     assert full.input_ids[:len(prompt_ids)].tolist() == prompt_ids.tolist()
     generated = full.input_ids[len(prompt_ids):]
-    assert generated[full.loss_mask[len(prompt_ids):] == 1].tolist() == ids_of(tokenizer, reply["content"] + "<|im_end|>")
+    expected = ids_of(tokenizer, reply["content"] + "<|im_end|>")
+    assert generated[full.loss_mask[len(prompt_ids):] == 1].tolist() == expected
 
 
 def test_system_prompt_not_added_twice(tokenizer):
@@ -102,7 +104,8 @@ def test_system_prompt_not_added_twice(tokenizer):
 
 
 @pytest.mark.parametrize("messages, images, error", [
-    ([{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}], [], "message 1: unknown role 'robot'"),
+    ([{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}], [],
+     "message 1: unknown role 'robot'"),
     ([{"role": "user", "content": [{"type": "video"}]}], [], "message 0, part 0: unknown part type 'video'"),
     ([{"role": "user", "content": "<image><image>"}], [Image.new("RGB", (56, 56))],
      "2 image placeholders but 1 images"),
