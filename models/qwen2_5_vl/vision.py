@@ -1,0 +1,103 @@
+"""Vision tower: patch embed, 2-D RoPE, window/full attention blocks (stacked, scanned), merger.
+
+Runs on the static slot layout of `vision_layout.VisionLayout` (see there for why).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from models.qwen2_5_vl.config import VisionConfig
+from models.qwen2_5_vl.layers import activation, apply_rope, attention, param, rms_norm
+from models.qwen2_5_vl.rope import vision_tables
+
+
+class VisionTower(nnx.Module):
+    """Parameters of the vision tower; blocks are stacked on a leading 'layers' axis."""
+
+    def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs,
+                 param_dtype=jnp.float32):
+        d, f, n, h, depth = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.head_dim, cfg.depth
+        merged = d * cfg.merge_unit
+        mk = lambda shape, axes, init="normal": param(rngs, shape, axes, param_dtype, init)  # noqa: E731
+        self.patch_embed = mk((cfg.patch_dim, d), ("patch", "vision_embed"))
+        self.blocks = nnx.Dict(
+            norm1=mk((depth, d), ("layers", "norm"), "ones"),
+            qkv_kernel=mk((depth, d, 3, n, h), ("layers", "vision_embed", "qkv", "vision_heads", "head_dim")),
+            qkv_bias=mk((depth, 3, n, h), ("layers", "qkv", "vision_heads", "head_dim"), "zeros"),
+            proj_kernel=mk((depth, n, h, d), ("layers", "vision_heads", "head_dim", "vision_embed")),
+            proj_bias=mk((depth, d), ("layers", "norm"), "zeros"),
+            norm2=mk((depth, d), ("layers", "norm"), "ones"),
+            gate_kernel=mk((depth, d, f), ("layers", "vision_embed", "vision_mlp")),
+            gate_bias=mk((depth, f), ("layers", "vision_mlp"), "zeros"),
+            up_kernel=mk((depth, d, f), ("layers", "vision_embed", "vision_mlp")),
+            up_bias=mk((depth, f), ("layers", "vision_mlp"), "zeros"),
+            down_kernel=mk((depth, f, d), ("layers", "vision_mlp", "vision_embed")),
+            down_bias=mk((depth, d), ("layers", "norm"), "zeros"),
+        )
+        self.merger = nnx.Dict(
+            norm=mk((d,), ("norm",), "ones"),
+            fc1_kernel=mk((merged, merged), ("vision_merged", "vision_mlp")),
+            fc1_bias=mk((merged,), ("vision_mlp",), "zeros"),
+            fc2_kernel=mk((merged, cfg.out_hidden_size), ("vision_mlp", "embed")),
+            fc2_bias=mk((cfg.out_hidden_size,), ("norm",), "zeros"),
+        )
+
+
+def _block(cfg: VisionConfig, x, bp, is_full, cos, sin, window_mask, full_mask, dtype):
+    bp = jax.tree.map(lambda a: a.astype(dtype), bp)
+    s = x.shape[0]
+    y = rms_norm(x, bp["norm1"], cfg.norm_eps)
+    qkv = jnp.einsum("SD,DKNH->KSNH", y, bp["qkv_kernel"]) + bp["qkv_bias"][:, None]
+    q, k = apply_rope(qkv[0], cos, sin), apply_rope(qkv[1], cos, sin)
+    v = qkv[2]
+    wp = cfg.window_patches
+
+    def windowed(q, k, v):
+        split = lambda a: a.reshape(s // wp, wp, *a.shape[1:])  # noqa: E731
+        return attention(split(q), split(k), split(v), window_mask).reshape(q.shape)
+
+    def full(q, k, v):
+        return attention(q[None], k[None], v[None], full_mask[None])[0]
+
+    attn = jax.lax.cond(is_full, full, windowed, q, k, v)
+    x = x + jnp.einsum("SNH,NHD->SD", attn, bp["proj_kernel"]) + bp["proj_bias"]
+    y = rms_norm(x, bp["norm2"], cfg.norm_eps)
+    act = activation(cfg.hidden_act)
+    hidden = act(y @ bp["gate_kernel"] + bp["gate_bias"]) * (y @ bp["up_kernel"] + bp["up_bias"])
+    return x + hidden @ bp["down_kernel"] + bp["down_bias"]
+
+
+def encode_images(cfg: VisionConfig, params: dict, pixel_values: jax.Array, layout: dict,
+                  dtype=jnp.float32) -> jax.Array:
+    """Merged image features [M, out_hidden] in image order.
+
+    pixel_values: [P, patch_dim] rows as the image processor lays them out (P may be padded).
+    layout: the arrays of a VisionLayout (patch_index, rope_hw, frame_id, merged_order).
+    """
+    patch_index = layout["patch_index"]
+    valid = patch_index >= 0
+    rows = jnp.take(pixel_values, jnp.maximum(patch_index, 0), axis=0)
+    rows = jnp.where(valid[:, None], rows, 0).astype(dtype)
+    x = rows @ params["patch_embed"].astype(dtype)
+
+    cos, sin = vision_tables(layout["rope_hw"], cfg.head_dim, cfg.rope_theta)
+    wp = cfg.window_patches
+    window_mask = jnp.broadcast_to(valid.reshape(-1, 1, wp), (valid.shape[0] // wp, wp, wp))
+    frame = layout["frame_id"]
+    full_mask = (frame[:, None] == frame[None, :]) & valid[None, :]
+    is_full = np.isin(np.arange(cfg.depth), cfg.fullatt_block_indexes)
+
+    def body(x, xs):
+        bp, full_flag = xs
+        return _block(cfg, x, bp, full_flag, cos, sin, window_mask, full_mask, dtype), None
+
+    x, _ = jax.lax.scan(body, x, (params["blocks"], jnp.asarray(is_full)))
+
+    mp = jax.tree.map(lambda a: a.astype(dtype), params["merger"])
+    y = rms_norm(x, mp["norm"], cfg.norm_eps).reshape(-1, cfg.hidden_size * cfg.merge_unit)
+    y = jax.nn.gelu(y @ mp["fc1_kernel"] + mp["fc1_bias"], approximate=False)
+    merged = y @ mp["fc2_kernel"] + mp["fc2_bias"]
+    return jnp.take(merged, layout["merged_order"], axis=0)
