@@ -18,9 +18,13 @@ VISION_START_TOKEN_ID = 151652
 TEXT_TYPE, IMAGE_TYPE, VIDEO_TYPE = 0, 1, 2
 
 
-def mm_token_type_ids_from_ids(input_ids, image_token_id: int = IMAGE_TOKEN_ID) -> np.ndarray:
-    """0 for text tokens, 1 for image pads; same shape as ``input_ids``."""
-    return (np.asarray(input_ids) == image_token_id).astype(np.int32)
+def mm_token_type_ids_from_ids(input_ids, image_token_id: int = IMAGE_TOKEN_ID,
+                               video_token_id: int = VIDEO_TOKEN_ID) -> np.ndarray:
+    """0 for text, 1 for image pads, 2 for video pads; int32, same shape as ``input_ids``."""
+    input_ids = np.asarray(input_ids)
+    token_types = (input_ids == image_token_id).astype(np.int32)
+    token_types[input_ids == video_token_id] = VIDEO_TYPE
+    return token_types
 
 
 def _runs(token_types: np.ndarray) -> list[tuple[int, int, int]]:
@@ -40,11 +44,6 @@ def _image_positions(grid_thw, start: int, spatial_merge_size: int) -> np.ndarra
     return np.stack([tt, hh, ww]).reshape(3, -1) + start
 
 
-def _check_no_video(token_types: np.ndarray, where: str) -> None:
-    if np.any(token_types == VIDEO_TYPE):
-        raise ValueError(f"{where}: video tokens are not supported (images only)")
-
-
 def _positions_for_sequence(token_types, grids, next_grid: int, start: int, spatial_merge_size: int,
                             where: str) -> tuple[np.ndarray, int, int]:
     """Positions of one unpadded sequence.
@@ -60,6 +59,9 @@ def _positions_for_sequence(token_types, grids, next_grid: int, start: int, spat
             pieces.append(np.broadcast_to(np.arange(length) + cur, (3, length)))
             cur += length
             continue
+        if kind != IMAGE_TYPE:
+            kind_name = "video" if kind == VIDEO_TYPE else f"type-{kind}"
+            raise ValueError(f"{where}: {kind_name} tokens at {begin} are not supported (text and images only)")
         if next_grid >= len(grids):
             raise ValueError(
                 f"{where}: image {next_grid} at token {begin} has no grid "
@@ -113,8 +115,7 @@ def get_rope_index(input_ids, image_grid_thw=None, attention_mask=None, *, spati
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
     if mm_token_type_ids is None:
-        mm_token_type_ids = mm_token_type_ids_from_ids(input_ids, image_token_id)
-        mm_token_type_ids[input_ids == video_token_id] = VIDEO_TYPE
+        mm_token_type_ids = mm_token_type_ids_from_ids(input_ids, image_token_id, video_token_id)
     token_types = np.asarray(mm_token_type_ids)
     mask = (np.ones(input_ids.shape, bool) if attention_mask is None
             else np.asarray(attention_mask).astype(bool))
@@ -129,10 +130,8 @@ def get_rope_index(input_ids, image_grid_thw=None, attention_mask=None, *, spati
     next_grid = 0
     for row in range(batch):
         where = f"batch index {row}"
-        row_types = token_types[row][mask[row]]
-        _check_no_video(row_types, where)
         positions, _, next_grid = _positions_for_sequence(
-            row_types, grids, next_grid, 0, spatial_merge_size, where)
+            token_types[row][mask[row]], grids, next_grid, 0, spatial_merge_size, where)
         if positions.shape[1] == 0:
             continue
         position_ids[:, row, mask[row]] = positions
@@ -156,15 +155,11 @@ def continuation_positions(new_ids, image_grid_thw=None, start: int = 0, *, spat
     """
     new_ids = np.asarray(new_ids).reshape(-1)
     if mm_token_type_ids is None:
-        token_types = mm_token_type_ids_from_ids(new_ids, image_token_id)
-        token_types[new_ids == video_token_id] = VIDEO_TYPE
-    else:
-        token_types = np.asarray(mm_token_type_ids).reshape(-1)
-    where = "continuation"
-    _check_no_video(token_types, where)
+        mm_token_type_ids = mm_token_type_ids_from_ids(new_ids, image_token_id, video_token_id)
+    token_types = np.asarray(mm_token_type_ids).reshape(-1)
     grids = _as_grids(image_grid_thw)
     positions, end, used = _positions_for_sequence(token_types, grids, 0, int(start), spatial_merge_size,
-                                                   where)
+                                                   "continuation")
     if used != len(grids):
-        raise ValueError(f"{where}: has {used} images but {len(grids)} image grids were given")
+        raise ValueError(f"the continuation has {used} images but {len(grids)} image grids were given")
     return positions.astype(np.int32), end

@@ -124,7 +124,9 @@ def test_missing_and_extra_grids():
 
 
 def test_video_rejected():
-    with pytest.raises(ValueError, match="batch index 0: video tokens are not supported"):
+    with pytest.raises(ValueError, match="batch index 0: video tokens at 2 are not supported"):
         get_rope_index(np.array([[1, VS, 151656, VE]]))
     with pytest.raises(ValueError, match="continuation: video"):
         continuation_positions(np.array([151656]))
+    with pytest.raises(ValueError, match="the continuation has 0 images but 1 image grids"):
+        continuation_positions(np.array([1, 2]), np.array([[1, 2, 2]]))
