@@ -70,9 +70,9 @@ def _block(cfg: VisionConfig, x, bp, is_full, cos, sin, window_mask, full_mask, 
     return x + hidden @ bp["down_kernel"] + bp["down_bias"]
 
 
-def encode_images(cfg: VisionConfig, params: dict, pixel_values: jax.Array, layout: dict,
+def vision_hidden(cfg: VisionConfig, params: dict, pixel_values: jax.Array, layout: dict,
                   dtype=jnp.float32) -> jax.Array:
-    """Merged image features [M, out_hidden] in image order.
+    """Output of the last vision block, one row per slot [S, hidden] (empty slots hold garbage).
 
     pixel_values: [P, patch_dim] rows as the image processor lays them out (P may be padded).
     layout: the arrays of a VisionLayout (patch_index, rope_hw, frame_id, merged_order).
@@ -95,7 +95,13 @@ def encode_images(cfg: VisionConfig, params: dict, pixel_values: jax.Array, layo
         return _block(cfg, x, bp, full_flag, cos, sin, window_mask, full_mask, dtype), None
 
     x, _ = jax.lax.scan(body, x, (params["blocks"], jnp.asarray(is_full)))
+    return x
 
+
+def encode_images(cfg: VisionConfig, params: dict, pixel_values: jax.Array, layout: dict,
+                  dtype=jnp.float32) -> jax.Array:
+    """Merged image features [M, out_hidden] in image order (rows past the real count are padding)."""
+    x = vision_hidden(cfg, params, pixel_values, layout, dtype)
     mp = jax.tree.map(lambda a: a.astype(dtype), params["merger"])
     y = rms_norm(x, mp["norm"], cfg.norm_eps).reshape(-1, cfg.hidden_size * cfg.merge_unit)
     y = jax.nn.gelu(y @ mp["fc1_kernel"] + mp["fc1_bias"], approximate=False)

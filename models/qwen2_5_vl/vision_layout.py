@@ -91,8 +91,9 @@ def num_windows(grid_thw: np.ndarray, cfg: VisionConfig) -> int:
 
 def build_layout(grid_thw: np.ndarray, cfg: VisionConfig, *, window_bucket: int | None = None,
                  merged_bucket: int | None = None) -> VisionLayout:
-    """Slot layout for the images of `grid_thw`, padded to `window_bucket` windows and
-    `merged_bucket` merged output tokens (both default to the exact size)."""
+    """Slot layout for the images of `grid_thw`, padded to `window_bucket` windows (default: the
+    exact count) and `merged_bucket` merged output tokens (default: one per merged slot, so the
+    output shape depends on the window bucket only)."""
     grid = validate_grids(grid_thw, cfg)
     m, unit, wp = cfg.spatial_merge_size, cfg.merge_unit, cfg.window_patches
     n_windows = num_windows(grid, cfg)
@@ -100,7 +101,7 @@ def build_layout(grid_thw: np.ndarray, cfg: VisionConfig, *, window_bucket: int 
     if window_bucket < n_windows:
         raise ValueError(f"images need {n_windows} attention windows, more than the bucket {window_bucket}")
     num_merged = int(grid.prod(-1).sum()) // unit
-    merged_bucket = num_merged if merged_bucket is None else merged_bucket
+    merged_bucket = window_bucket * wp // unit if merged_bucket is None else merged_bucket
     if merged_bucket < num_merged:
         raise ValueError(f"images give {num_merged} merged tokens, more than the bucket {merged_bucket}")
 
