@@ -1,0 +1,403 @@
+"""Host side: InterpreterPool runs code for many sessions in the sandboxed zygote's children.
+
+Each session is its own process tree (supervisor + interpreter) forked from a warm zygote,
+so its variables and files persist across calls while `num_workers` bounds how many calls
+run at once. Everything that comes back from a session is validated here again; the host
+never unpickles or evaluates it. A session that stops answering is killed from outside
+(its whole pid namespace) and transparently restarted with its seed files on the next call.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from . import isolation, protocol
+from .limits import Limits
+from .protocol import FrameDecoder, FrameError, encode_frame
+
+BOOTSTRAP = ("import sys; sys.path.insert(0, {parent!r}); "
+             "from sandbox import zygote; zygote.main(sys.argv[1:])")
+MAX_NAME_BYTES = 255
+
+
+class SandboxError(RuntimeError):
+    """The pool itself failed (could not start, or was closed)."""
+
+
+@dataclasses.dataclass
+class ExecResult:
+    stdout: str = ""
+    stderr: str = ""
+    images: list = dataclasses.field(default_factory=list)  # PNG bytes
+    error: str | None = None
+    timed_out: bool = False
+    session_reset: bool = False   # variables were lost (fault, eviction or restart)
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.timed_out
+
+
+class _Zygote:
+    """The pool's sandbox: one warm process that forks sessions on request."""
+
+    def __init__(self, backend: str, limits: Limits, start_timeout_s: float, debug: bool):
+        host_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        command = [sys.executable, "-I", "-c",
+                   BOOTSTRAP.format(parent=os.path.dirname(isolation.PACKAGE_DIR)),
+                   str(child_end.fileno()), backend, limits.to_json()]
+        if backend == "bwrap":
+            command = isolation.bwrap_argv(isolation.bwrap_path()) + command
+        self.process = subprocess.Popen(
+            command, pass_fds=[child_end.fileno()], env=dict(isolation.SANDBOX_ENV), cwd="/",
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=None if debug else subprocess.DEVNULL, start_new_session=True)
+        child_end.close()
+        self.control = host_end
+        self.lock = threading.Lock()
+        try:
+            ready = self._receive(start_timeout_s)
+        except SandboxError:
+            self.close()
+            raise
+        if ready.get("op") != "ready":
+            self.close()
+            raise SandboxError(f"the sandbox zygote did not start: {ready!r}")
+
+    def _receive(self, timeout: float) -> dict:
+        self.control.settimeout(timeout)
+        try:
+            message = self.control.recv(65536)
+        except (socket.timeout, OSError) as exc:
+            raise SandboxError(f"the sandbox zygote did not answer: {exc}") from None
+        if not message:
+            code = self.process.poll()
+            raise SandboxError(f"the sandbox zygote exited (status {code}); "
+                               "run with debug=True to see its stderr")
+        try:
+            reply = protocol.json_object(message)
+        except FrameError as exc:
+            raise SandboxError(f"the sandbox zygote sent garbage: {exc}") from None
+        return reply
+
+    def request(self, message: dict, fds=()) -> dict:
+        with self.lock:
+            try:
+                socket.send_fds(self.control, [protocol.json_bytes(message)], list(fds))
+            except OSError as exc:
+                raise SandboxError(f"the sandbox zygote is gone: {exc}") from None
+            return self._receive(30.0)
+
+    def spawn(self, uid: int):
+        host_end, session_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            reply = self.request({"op": "spawn", "uid": uid}, [session_end.fileno()])
+        finally:
+            session_end.close()
+        pid = reply.get("pid")
+        if not reply.get("ok") or type(pid) is not int:
+            host_end.close()
+            raise SandboxError(f"could not start a session: {reply.get('error', reply)!r}")
+        return pid, host_end
+
+    def kill(self, pid: int) -> None:
+        try:
+            self.request({"op": "kill", "pid": pid})
+        except SandboxError:
+            pass  # the zygote is gone, and with it every session it started
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        # Closing the control socket makes the zygote kill its sessions and exit; the
+        # sandbox's pid 1 then exits only once every process in its namespace is gone.
+        self.control.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            try:  # the process group holds the sandbox's pid 1; its death ends the rest
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+
+
+class _Session:
+    def __init__(self, session_id):
+        self.session_id = session_id
+        self.lock = threading.Lock()
+        self.pid = None
+        self.uid = None
+        self.sock = None
+        self.decoder = None
+        self.seq = 0
+        self.seed_files: dict = {}
+        self.send_seed = False
+        self.reset_reason = None    # why the process was lost between calls
+        self.last_used = time.monotonic()
+
+
+class InterpreterPool:
+    """Sandboxed, stateful Python interpreters for model-written code.
+
+    num_workers bounds concurrent executions; sessions beyond max_sessions evict the least
+    recently used idle one (its next call reports session_reset). backend is 'auto',
+    'bwrap' or 'namespaces'; the pool refuses to start when strong isolation is not
+    achievable. Further keyword arguments override fields of `Limits`.
+    """
+
+    def __init__(self, num_workers: int = 4, timeout_s: float = 15.0, memory_mb: int = 1024,
+                 *, backend: str = "auto", max_sessions: int | None = None,
+                 uid_base: int = 2_000_000_000, start_timeout_s: float = 120.0,
+                 debug: bool = False, **limits):
+        if type(num_workers) is not int or num_workers < 1:
+            raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
+        unknown = set(limits) - {f.name for f in dataclasses.fields(Limits)}
+        if unknown:
+            raise TypeError(f"unknown InterpreterPool options: {sorted(unknown)}")
+        self.limits = Limits(timeout_s=timeout_s, memory_mb=memory_mb, **limits)
+        self.max_sessions = max_sessions if max_sessions is not None else max(64, 4 * num_workers)
+        if type(self.max_sessions) is not int or self.max_sessions <= num_workers:
+            raise ValueError("max_sessions must be an int greater than num_workers")
+        if type(uid_base) is not int or not 1000 <= uid_base <= 2**32 - 2 - self.max_sessions:
+            raise ValueError(f"uid_base {uid_base!r} leaves no room for max_sessions uids")
+        self.num_workers = num_workers
+        self.backend = isolation.choose_backend(backend)
+        self.isolation = isolation.report(self.backend, self.limits)
+        self._start_timeout_s = start_timeout_s
+        self._debug = debug
+        self._closed = False
+        self._lock = threading.Lock()      # sessions map, uids, zygote replacement
+        self._sessions: collections.OrderedDict = collections.OrderedDict()
+        self._free_uids = list(range(uid_base + self.max_sessions - 1, uid_base - 1, -1))
+        self._zygote = _Zygote(self.backend, self.limits, start_timeout_s, debug)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            num_workers, thread_name_prefix="sandbox-call")
+
+    # -- public API -------------------------------------------------------------------------
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def execute(self, session_id, code: str, files: dict | None = None) -> ExecResult:
+        return self.submit(session_id, code, files).result()
+
+    def submit(self, session_id, code: str, files: dict | None = None) -> concurrent.futures.Future:
+        self._check_call(session_id, code, files)
+        if self._closed:
+            raise SandboxError("the pool is closed")
+        files = {name: bytes(data) for name, data in (files or {}).items()}
+        return self._executor.submit(self._call, session_id, code, files)
+
+    def close_session(self, session_id) -> None:
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
+        if session is not None:
+            with session.lock:
+                self._stop(session)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for session in sessions:
+            if session.sock is not None:
+                session.sock.close()   # wakes any call blocked on it
+        self._zygote.close()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def active_sessions(self) -> int:
+        with self._lock:
+            return sum(1 for s in self._sessions.values() if s.pid is not None)
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def _check_call(self, session_id, code, files) -> None:
+        if isinstance(session_id, bool) or not isinstance(session_id, (str, int)):
+            raise TypeError(f"session_id must be a str or int, got {type(session_id).__name__}")
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a str, got {type(code).__name__}")
+        if len(code.encode("utf-8", "surrogatepass")) > self.limits.max_code_bytes:
+            raise ValueError(f"code is longer than {self.limits.max_code_bytes} bytes")
+        if files is None:
+            return
+        if not isinstance(files, dict):
+            raise TypeError("files must be a dict of name -> bytes")
+        total = 0
+        for name, data in files.items():
+            if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name
+                    or "\0" in name or len(name.encode()) > MAX_NAME_BYTES):
+                raise ValueError(f"file name {name!r} must be a plain file name (no '/')")
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"files[{name!r}] must be bytes, got {type(data).__name__}")
+            total += len(data)
+        if total > self.limits.max_seed_bytes:
+            raise ValueError(f"files total {total} bytes, over {self.limits.max_seed_bytes}")
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def _session(self, session_id) -> _Session:
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                session = self._sessions[session_id] = _Session(session_id)
+            self._sessions.move_to_end(session_id)
+            return session
+
+    def _evict_one(self) -> None:
+        """Stop the least recently used idle session's process (it restarts on next use)."""
+        with self._lock:
+            candidates = [s for s in self._sessions.values() if s.pid is not None]
+        for session in candidates:
+            if session.lock.acquire(blocking=False):
+                try:
+                    self._stop(session, "evicted: more than max_sessions live sessions")
+                finally:
+                    session.lock.release()
+                return
+
+    def _ensure_zygote(self) -> None:
+        with self._lock:
+            if self._zygote.alive() or self._closed:
+                return
+            self._zygote.close()
+            for session in self._sessions.values():
+                if session.pid is not None:
+                    session.reset_reason = "the sandbox was restarted"
+            self._zygote = _Zygote(self.backend, self.limits, self._start_timeout_s,
+                                   self._debug)
+
+    def _start(self, session: _Session) -> None:
+        self._ensure_zygote()
+        with self._lock:
+            live = sum(1 for s in self._sessions.values() if s.pid is not None)
+        if live >= self.max_sessions or not self._free_uids:
+            self._evict_one()
+        with self._lock:
+            if not self._free_uids:
+                raise SandboxError("no free session uid (too many sessions busy at once)")
+            uid = self._free_uids.pop()
+        try:
+            pid, sock = self._zygote.spawn(uid)
+        except BaseException:
+            with self._lock:
+                self._free_uids.append(uid)
+            raise
+        session.pid, session.uid, session.sock = pid, uid, sock
+        session.decoder = FrameDecoder(
+            max_header_bytes=protocol.header_limit(2 * self.limits.max_output_bytes),
+            max_blob_bytes=self.limits.max_png_bytes, max_blobs=self.limits.max_images)
+        session.send_seed = bool(session.seed_files)
+        ready = self._receive(session, time.monotonic() + self._start_timeout_s)
+        if ready.get("op") != "ready":
+            reason = ready.get("error") if isinstance(ready.get("error"), str) else ready
+            self._stop(session)
+            raise SandboxError(f"session setup failed: {reason!r}")
+
+    def _stop(self, session: _Session, reason: str | None = None) -> None:
+        """Kill the session's process tree from outside and release its uid."""
+        if session.pid is None:
+            return
+        session.sock.close()
+        self._zygote.kill(session.pid)
+        with self._lock:
+            self._free_uids.append(session.uid)
+        session.pid = session.uid = session.sock = session.decoder = None
+        session.reset_reason = reason
+
+    def _receive(self, session: _Session, deadline: float) -> dict:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            session.sock.settimeout(remaining)
+            data = session.sock.recv(1 << 20)
+            if not data:
+                raise EOFError
+            frames = session.decoder.feed(data)
+            if len(frames) > 1:
+                raise FrameError("more than one frame for one request")
+            if frames:
+                header, blobs = frames[0]
+                return dict(header, _blobs=blobs)
+
+    # -- one call -----------------------------------------------------------------------------
+
+    def _call(self, session_id, code: str, files: dict) -> ExecResult:
+        started = time.monotonic()
+        session = self._session(session_id)
+        with session.lock:
+            session.last_used = started
+            result = self._run(session, code, files)
+        result.duration_s = time.monotonic() - started
+        return result
+
+    def _run(self, session: _Session, code: str, files: dict) -> ExecResult:
+        if self._closed:
+            return ExecResult(error="SandboxError: the pool was closed", session_reset=True)
+        reset_note = None
+        if session.reset_reason is not None:
+            reset_note, session.reset_reason = session.reset_reason, None
+        session.seed_files.update(files)
+        if session.pid is None:
+            self._start(session)
+        if session.send_seed:
+            files, session.send_seed = {**session.seed_files, **files}, False
+        session.seq += 1
+        request = {"op": "run", "seq": session.seq, "code": code, "files": list(files)}
+        grace = 3.0 + 0.5 * self.limits.timeout_s
+        deadline = time.monotonic() + self.limits.timeout_s + grace
+        try:
+            session.sock.sendall(encode_frame(request, list(files.values())))
+            reply = self._receive(session, deadline)
+            result = self._parse_result(reply, session.seq)
+        except TimeoutError:
+            self._stop(session)
+            result = ExecResult(error=f"TimeoutError: no answer within "
+                                      f"{self.limits.timeout_s + grace:g} s; session killed",
+                                timed_out=True, session_reset=True)
+        except (EOFError, OSError, FrameError) as exc:
+            self._stop(session)
+            if self._closed:
+                return ExecResult(error="SandboxError: the pool was closed", session_reset=True)
+            detail = "the session process died" if isinstance(exc, EOFError) else str(exc)
+            result = ExecResult(error=f"SandboxError: {detail}; session restarted",
+                                session_reset=True)
+        if reset_note is not None:
+            result.stderr = (f"[the session was reset before this call ({reset_note}); "
+                             f"variables were lost, files kept]\n") + result.stderr
+            result.session_reset = True
+        return result
+
+    def _parse_result(self, reply: dict, seq: int) -> ExecResult:
+        """Type- and size-check everything; a session can only ever produce an ExecResult."""
+        if reply.get("op") != "result" or reply.get("seq") != seq:
+            raise FrameError("unexpected frame from the session")
+        text_cap = 4 * self.limits.max_output_bytes + 4096
+        images, notes = protocol.check_images(reply["_blobs"], self.limits.max_image_pixels,
+                                              self.limits.max_png_bytes)
+        return ExecResult(
+            stdout=protocol.field(reply, "stdout", str, "", max_len=text_cap),
+            stderr=protocol.field(reply, "stderr", str, "", max_len=text_cap)
+            + "".join(n + "\n" for n in notes),
+            images=images,
+            error=protocol.field(reply, "error", str, max_len=2048),
+            timed_out=protocol.field(reply, "timed_out", bool, False),
+            session_reset=protocol.field(reply, "session_reset", bool, False))

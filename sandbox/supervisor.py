@@ -1,0 +1,313 @@
+"""The session supervisor: pid 1 of one session's namespaces, holder of the host channel.
+
+It runs no user code. It forks the interpreter (which drops to the session's uid), relays
+requests to it, drains its stdout/stderr with caps, enforces the wall-clock timeout by
+killing every process of the session, and sends the host a result it has validated.
+User code can write anything to its pipes; at worst its own session is reset.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import signal
+import socket
+import time
+
+from . import isolation, protocol, worker
+from .protocol import FrameDecoder, FrameError, encode_frame
+
+READ_CHUNK = 1 << 16
+
+
+def _nonblocking(fd: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+
+
+def _describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
+        hint = {"SIGSEGV": " (segmentation fault)", "SIGKILL": " (killed; out of memory?)",
+                "SIGBUS": " (bus error)", "SIGABRT": " (aborted)"}.get(str(name), "")
+        return f"the interpreter was killed by {name}{hint}"
+    return f"the interpreter exited with status {os.WEXITSTATUS(status)} (os._exit?)"
+
+
+class Interpreter:
+    """Handle on the interpreter process and the supervisor's ends of its pipes."""
+
+    def __init__(self, uid: int, limits):
+        ends = [os.pipe() for _ in range(4)]  # request, result, stdout, stderr
+        (req_r, req_w), (res_r, res_w), (out_r, out_w), (err_r, err_w) = ends
+        pid = os.fork()
+        if pid == 0:
+            self._become_interpreter([os.open("/dev/null", os.O_RDONLY), out_w, err_w,
+                                      req_r, res_w], uid, limits)
+        for fd in (req_r, res_w, out_w, err_w):
+            os.close(fd)
+        for fd in (req_w, res_r, out_r, err_r):
+            _nonblocking(fd)
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        self.request, self.result, self.stdout, self.stderr = req_w, res_r, out_r, err_r
+        self.exit_status = None
+        self.outgoing = bytearray()
+
+    @staticmethod
+    def _become_interpreter(fds, uid, limits):
+        try:
+            # Lift the five descriptors out of the way, then place them at 0..4.
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in fds]
+            for target, fd in enumerate(high):
+                os.dup2(fd, target)
+            os.closerange(5, os.sysconf("SC_OPEN_MAX"))
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+                signal.signal(sig, signal.SIG_DFL)
+            os.setsid()
+            os.chdir(isolation.SESSION_WORKDIR)
+            os.environ.clear()
+            os.environ.update(isolation.SANDBOX_ENV)
+            isolation.drop_privileges(uid, limits)
+            worker.serve(limits)
+        finally:
+            os._exit(0)
+
+    def pipes(self):
+        return [fd for fd in (self.result, self.stdout, self.stderr) if fd is not None]
+
+    def close(self) -> None:
+        for fd in (self.request, self.result, self.stdout, self.stderr, self.pidfd):
+            if fd is not None:
+                os.close(fd)
+        self.request = self.result = self.stdout = self.stderr = self.pidfd = None
+
+
+class Supervisor:
+    def __init__(self, channel_fd: int, uid: int, limits):
+        self.channel = socket.socket(fileno=channel_fd)
+        self.uid = uid
+        self.limits = limits
+        self.host_frames = FrameDecoder(max_header_bytes=protocol.header_limit(limits.max_code_bytes),
+                                        max_blob_bytes=limits.max_seed_bytes, max_blobs=1024)
+        self.seed_files: dict = {}
+        self.reseed = False
+        self.reset_reason = None   # a fault seen between calls, reported with the next one
+        self.call = None           # (seq, deadline) while a call runs
+        self.interp = None
+        self._new_call_buffers()
+
+    def _new_call_buffers(self):
+        self.out = protocol.BoundedStream(self.limits.max_output_bytes)
+        self.err = protocol.BoundedStream(self.limits.max_output_bytes)
+        self.results = FrameDecoder(max_header_bytes=8192, max_blob_bytes=self.limits.max_png_bytes,
+                                    max_blobs=self.limits.max_images)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def main(self) -> None:
+        try:
+            isolation.setup_session_mounts(self.uid, self.limits)
+            self.interp = Interpreter(self.uid, self.limits)
+        except Exception as exc:
+            self._send({"op": "failed", "error": f"session setup failed: {exc}"})
+            return
+        self._send({"op": "ready"})
+        while self._step():
+            pass
+        self._kill_session_processes()
+
+    def _send(self, header: dict, blobs=()) -> None:
+        self.channel.sendall(encode_frame(header, blobs))
+
+    def _kill_session_processes(self) -> None:
+        """As pid 1 of the session, kill(-1) reaches every other process in it at once."""
+        if self.interp is not None:
+            self.interp.close()
+            self.interp = None
+        while True:
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.interp is not None and pid == self.interp.pid:
+                self.interp.exit_status = status
+
+    def _restart_interpreter(self) -> None:
+        self._kill_session_processes()
+        self.interp = Interpreter(self.uid, self.limits)
+        self.reseed = True
+
+    # -- event loop -----------------------------------------------------------------------
+
+    def _step(self) -> bool:
+        interp = self.interp
+        readable = [self.channel, interp.pidfd, *interp.pipes()]
+        writable = [interp.request] if interp.outgoing else []
+        timeout = None if self.call is None else max(0.0, self.call[1] - time.monotonic())
+        ready, can_write, _ = select.select(readable, writable, [], timeout)
+        self._reap()
+        if interp.stdout in ready:
+            self._drain(interp, "stdout", self.out)
+        if interp.stderr in ready:
+            self._drain(interp, "stderr", self.err)
+        if can_write:
+            self._write_request(interp)
+        if interp.result in ready:
+            self._read_result(interp)
+        if interp.pidfd in ready and self.interp is interp:
+            self._reap()
+            status = interp.exit_status if interp.exit_status is not None else 0
+            self._fault(_describe_exit(status))
+        if self.call is not None and time.monotonic() >= self.call[1]:
+            self._fault(f"TimeoutError: execution exceeded {self.limits.timeout_s:g} s",
+                        timed_out=True)
+        if self.channel in ready:
+            return self._read_host()
+        return True
+
+    def _drain(self, interp, name: str, stream) -> None:
+        fd = getattr(interp, name)
+        while True:
+            try:
+                data = os.read(fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            if not data:  # user code closed its end; nothing more will come
+                os.close(fd)
+                setattr(interp, name, None)
+                return
+            stream.write(data)
+
+    def _write_request(self, interp) -> None:
+        try:
+            written = os.write(interp.request, interp.outgoing)
+        except BlockingIOError:
+            return
+        except BrokenPipeError:
+            interp.outgoing.clear()
+            return
+        del interp.outgoing[:written]
+
+    def _read_host(self) -> bool:
+        data = self.channel.recv(1 << 20)
+        if not data:
+            return False
+        try:
+            frames = self.host_frames.feed(data)
+        except FrameError:
+            return False
+        for header, blobs in frames:
+            if header.get("op") != "run" or self.call is not None:
+                return False
+            self._start_call(header, blobs)
+        return True
+
+    def _start_call(self, header: dict, blobs) -> None:
+        seq = header.get("seq")
+        names = header.get("files", [])
+        files = dict(zip(names, blobs))
+        self.seed_files.update(files)
+        if self.reseed:
+            files = {**self.seed_files, **files}
+            self.reseed = False
+        # Output the session produced between calls belongs to no call; keep it out.
+        self._new_call_buffers()
+        self.call = (seq, time.monotonic() + self.limits.timeout_s)
+        request = {"op": "run", "seq": seq, "code": header.get("code", ""),
+                   "files": list(files)}
+        self.interp.outgoing += encode_frame(request, list(files.values()))
+        self._write_request(self.interp)
+
+    def _read_result(self, interp) -> None:
+        try:
+            data = os.read(interp.result, READ_CHUNK)
+        except BlockingIOError:
+            return
+        if not data:
+            # Usually the interpreter is exiting (os._exit, a crash); say which it was.
+            if select.select([interp.pidfd], [], [], 1.0)[0]:
+                self._reap()
+                self._fault(_describe_exit(interp.exit_status or 0))
+            else:
+                self._fault("protocol violation: user code closed the result channel")
+            return
+        if self.call is None:
+            self._fault("protocol violation: output on the result channel between calls")
+            return
+        try:
+            frames = self.results.feed(data)
+            if not frames:
+                return
+            if len(frames) > 1 or self.results.pending():
+                raise FrameError("more than one result frame")
+            header, blobs = frames[0]
+            if header.get("op") != "done" or header.get("seq") != self.call[0]:
+                raise FrameError("result frame for another call")
+            error = protocol.field(header, "error", str, max_len=worker.MAX_ERROR_CHARS + 100)
+        except FrameError as exc:
+            self._fault(f"protocol violation on the result channel: {exc}")
+            return
+        self._finish(error=error, blobs=blobs)
+
+    def _collect_output(self):
+        if self.interp is not None:
+            for name, stream in (("stdout", self.out), ("stderr", self.err)):
+                if getattr(self.interp, name) is not None:
+                    self._drain(self.interp, name, stream)
+
+    def _finish(self, error, blobs=(), timed_out=False, session_reset=False) -> None:
+        self._collect_output()
+        images, notes = protocol.check_images(blobs, self.limits.max_image_pixels,
+                                              self.limits.max_png_bytes)
+        stderr = self.err.text() + "".join(n + "\n" for n in notes)
+        if self.reset_reason is not None:
+            stderr = (f"[the session was reset before this call ({self.reset_reason}); "
+                      f"variables were lost, files kept]\n") + stderr
+            self.reset_reason, session_reset = None, True
+        seq = self.call[0] if self.call else None
+        self.call = None
+        self._send({"op": "result", "seq": seq, "stdout": self.out.text(), "stderr": stderr,
+                    "error": error, "timed_out": timed_out, "session_reset": session_reset},
+                   images)
+
+    def _fault(self, reason: str, timed_out: bool = False) -> None:
+        """The interpreter timed out, died or misbehaved: kill the session's processes,
+        start a fresh interpreter, and report it (now, or with the next call)."""
+        self._collect_output()
+        self._restart_interpreter()
+        if self.call is not None:
+            note = f"[{reason}; the session was reset: variables were lost, files kept]\n"
+            self.err.write(note.encode())
+            self._finish(error=f"{reason} (session reset)", timed_out=timed_out,
+                         session_reset=True)
+        else:
+            self.reset_reason = reason
+
+
+def run(channel_fd: int, uid: int, limits_json: str) -> None:
+    """Entry point in the forked session process; never returns."""
+    from .limits import Limits
+    status = 0
+    try:
+        os.closerange(3, channel_fd)
+        os.closerange(channel_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        Supervisor(channel_fd, uid, Limits.from_json(limits_json)).main()
+    except BaseException:
+        status = 1
+    finally:
+        os._exit(status)

@@ -1,0 +1,60 @@
+"""Shared helpers for the sandbox tests (imported by name: tests/ is not a package)."""
+import os
+import time
+
+import pytest
+
+from sandbox import InterpreterPool, IsolationUnavailable, isolation
+
+UID_BASE = 1_900_000_000
+MAX_SESSIONS = 32
+
+
+def available_backends():
+    if os.geteuid() != 0:
+        return []
+    backends = ["namespaces"]
+    path = isolation.bwrap_path()
+    if path and isolation.bwrap_works(path):
+        backends.insert(0, "bwrap")
+    return backends
+
+
+BACKENDS = available_backends()
+
+
+def make_pool(backend, **options):
+    settings = dict(num_workers=2, timeout_s=2.0, memory_mb=512, backend=backend,
+                    uid_base=UID_BASE, max_sessions=MAX_SESSIONS)
+    settings.update(options)
+    try:
+        return InterpreterPool(**settings)
+    except IsolationUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def sandbox_uid_processes(uid_base=UID_BASE, count=MAX_SESSIONS):
+    """Host pids of processes running as any session uid of a test pool."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as status:
+                for line in status:
+                    if line.startswith("Uid:"):
+                        if uid_base <= int(line.split()[1]) < uid_base + count:
+                            found.append(int(entry))
+                        break
+        except OSError:
+            continue
+    return found
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
