@@ -26,7 +26,8 @@ def test_records_mix_direct_answers_and_code_trajectories():
     assert kinds == {True, False}
     for record in RECORDS:
         roles = [message["role"] for message in record["messages"]]
-        assert roles == (["user", "assistant", "tool", "assistant"] if _has_code(record) else ["user", "assistant"])
+        expected = ["user", "assistant", "tool", "assistant"] if _has_code(record) else ["user", "assistant"]
+        assert roles == expected
         assert record["messages"][-1]["content"].endswith(f"<answer>{record['ground_truth']}</answer>")
         assert 100 <= min(Image.open(io.BytesIO(record["images"][0])).size) <= 300
 
