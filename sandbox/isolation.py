@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 
-from . import linux
+from . import linux, seccomp
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 SESSION_ROOT = "/session"
@@ -123,6 +123,8 @@ def report(backend: str, limits) -> IsolationReport:
         "clean environment, no inherited descriptors",
         f"rlimits: {limits.max_processes} processes, {limits.max_open_files} open files, "
         f"+{limits.memory_mb} MB address space, no core dumps",
+        "seccomp: namespace creation, mount, ptrace, bpf, keyrings, io_uring and module "
+        "syscalls denied" if seccomp.supported() else "seccomp: not available on this CPU",
     ))
 
 
@@ -293,5 +295,7 @@ def drop_privileges(uid: int, limits) -> None:
     os.setresuid(uid, uid, uid)  # clears every capability: all uids are now non-zero
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     linux.prctl(linux.PR_SET_DUMPABLE, 1)  # so the process may read its own /proc entries
+    if seccomp.supported():
+        seccomp.install()
     if os.getuid() != uid or os.geteuid() != uid:
         raise RuntimeError("uid drop did not take effect")

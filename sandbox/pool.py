@@ -145,6 +145,9 @@ class _Session:
         self.send_seed = False
         self.reset_reason = None    # why the process was lost between calls
         self.last_used = time.monotonic()
+        self.queue: collections.deque = collections.deque()  # (code, files, future), FIFO
+        self.scheduled = False      # a drain task for this session is queued or running
+        self.closed = False
 
 
 class InterpreterPool:
@@ -200,27 +203,48 @@ class InterpreterPool:
         if self._closed:
             raise SandboxError("the pool is closed")
         files = {name: bytes(data) for name, data in (files or {}).items()}
-        return self._executor.submit(self._call, session_id, code, files)
+        future = concurrent.futures.Future()
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                session = self._sessions[session_id] = _Session(session_id)
+            self._sessions.move_to_end(session_id)
+            session.queue.append((code, files, future))
+            if not session.scheduled:
+                session.scheduled = True
+                self._executor.submit(self._drain, session)
+        return future
 
     def close_session(self, session_id) -> None:
+        """Kill the session's processes; calls still queued for it are cancelled."""
         with self._lock:
             session = self._sessions.pop(session_id, None)
-        if session is not None:
-            with session.lock:
-                self._stop(session)
+            if session is None:
+                return
+            session.closed = True
+            pending = list(session.queue)
+            session.queue.clear()
+        for _, _, future in pending:
+            future.cancel()
+        with session.lock:
+            self._stop(session)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             sessions = list(self._sessions.values())
             self._sessions.clear()
         for session in sessions:
+            session.closed = True
             if session.sock is not None:
                 session.sock.close()   # wakes any call blocked on it
         self._zygote.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        for session in sessions:
+            for _, _, future in session.queue:
+                future.cancel()
 
     @property
     def active_sessions(self) -> int:
@@ -252,14 +276,6 @@ class InterpreterPool:
             raise ValueError(f"files total {total} bytes, over {self.limits.max_seed_bytes}")
 
     # -- sessions -----------------------------------------------------------------------------
-
-    def _session(self, session_id) -> _Session:
-        with self._lock:
-            session = self._sessions.get(session_id)
-            if session is None:
-                session = self._sessions[session_id] = _Session(session_id)
-            self._sessions.move_to_end(session_id)
-            return session
 
     def _evict_one(self) -> None:
         """Stop the least recently used idle session's process (it restarts on next use)."""
@@ -340,18 +356,34 @@ class InterpreterPool:
 
     # -- one call -----------------------------------------------------------------------------
 
-    def _call(self, session_id, code: str, files: dict) -> ExecResult:
-        started = time.monotonic()
-        session = self._session(session_id)
-        with session.lock:
-            session.last_used = started
-            result = self._run(session, code, files)
-        result.duration_s = time.monotonic() - started
-        return result
+    def _drain(self, session: _Session) -> None:
+        """Run the session's oldest queued call, then queue the session again behind the
+        other sessions' work: calls of one session run in order, sessions share workers."""
+        with self._lock:
+            if not session.queue:
+                session.scheduled = False
+                return
+            code, files, future = session.queue.popleft()
+        if future.set_running_or_notify_cancel():
+            try:
+                started = time.monotonic()
+                with session.lock:
+                    session.last_used = started
+                    result = self._run(session, code, files)
+                result.duration_s = time.monotonic() - started
+                future.set_result(result)
+            except BaseException as exc:  # surfaces through the future, as submit() promises
+                future.set_exception(exc)
+        with self._lock:
+            if session.queue and not self._closed:
+                self._executor.submit(self._drain, session)
+            else:
+                session.scheduled = False
 
     def _run(self, session: _Session, code: str, files: dict) -> ExecResult:
-        if self._closed:
-            return ExecResult(error="SandboxError: the pool was closed", session_reset=True)
+        if self._closed or session.closed:
+            return ExecResult(error="SandboxError: the session or pool was closed",
+                              session_reset=True)
         reset_note = None
         if session.reset_reason is not None:
             reset_note, session.reset_reason = session.reset_reason, None

@@ -2,8 +2,9 @@
 import concurrent.futures
 import time
 
-from sandbox_helpers import BACKENDS, make_pool
 import pytest
+
+from sandbox_helpers import BACKENDS, make_pool
 
 
 def test_many_sessions_on_two_workers(pool, session_id):
@@ -22,6 +23,16 @@ def test_calls_to_one_session_run_in_order(pool, session_id):
     futures = [pool.submit(session_id, f"log.append({i})") for i in range(8)]
     concurrent.futures.wait(futures)
     assert pool.execute(session_id, "log").stdout == f"{list(range(8))}\n"
+
+
+def test_close_session_cancels_queued_calls(pool, session_id):
+    running = pool.submit(session_id, "import time\ntime.sleep(0.5)")
+    queued = [pool.submit(session_id, "print('never')") for _ in range(3)]
+    time.sleep(0.1)
+    pool.close_session(session_id)
+    assert running.result().ok
+    assert all(f.cancelled() for f in queued)
+    assert pool.execute(session_id, "print('fresh')").stdout == "fresh\n"
 
 
 def test_workers_bound_concurrency(pool, session_id):
