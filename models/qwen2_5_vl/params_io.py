@@ -1,6 +1,7 @@
 """Reading and writing the parameter tree with orbax, with shape/dtype checks that name the key."""
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -58,3 +59,42 @@ def load_params(path: str, expected: dict, shardings=None) -> dict:
 
     abstract = jax.tree_util.tree_map_with_path(target, expected)
     return ocp.StandardCheckpointer().restore(os.path.abspath(path), abstract)
+
+
+class StreamingParamsWriter:
+    """Writes a parameter checkpoint that orbax restores, one slab at a time.
+
+    `StandardCheckpointer.save` holds every array in memory until it commits (about twice the
+    model, measured), which defeats converting a model larger than RAM. This writer lets orbax
+    lay down the checkpoint's metadata for a tree of 1-element placeholders, then replaces each
+    placeholder with a full-size zarr array (same encoding orbax chose, non-OCDBT layout) and
+    writes it in slabs along the leading axis, so memory holds one slab at a time.
+    """
+
+    def __init__(self, path: str, structure: dict[tuple[str, ...], tuple[tuple[int, ...], np.dtype]],
+                 slab_axis_keys: set[tuple[str, ...]] = frozenset()):
+        import tensorstore as ts  # an orbax dependency
+
+        self.path = os.path.abspath(path)
+        placeholder: dict = {}
+        for key, (shape, dtype) in structure.items():
+            node = placeholder
+            for part in key[:-1]:
+                node = node.setdefault(part, {})
+            node[key[-1]] = np.zeros((1,) * len(shape), dtype)
+        ocp.Checkpointer(ocp.StandardCheckpointHandler(use_ocdbt=False)).save(
+            self.path, args=ocp.args.StandardSave(placeholder))
+        self.arrays = {}
+        for key, (shape, _) in structure.items():
+            array_dir = os.path.join(self.path, ".".join(key))
+            with open(os.path.join(array_dir, ".zarray")) as f:
+                zarr_meta = json.load(f)
+            chunks = (1, *shape[1:]) if key in slab_axis_keys else shape
+            spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": array_dir},
+                    "metadata": {**zarr_meta, "shape": list(shape), "chunks": list(chunks)}}
+            self.arrays[key] = ts.open(spec, create=True, delete_existing=True).result()
+
+    def write(self, key: tuple[str, ...], value: np.ndarray, index: int | None = None) -> None:
+        array = self.arrays[key]
+        target = array if index is None else array[index]
+        target.write(np.asarray(value, dtype=array.dtype.numpy_dtype)).result()
