@@ -88,7 +88,8 @@ class Supervisor:
         self.channel = socket.socket(fileno=channel_fd)
         self.uid = uid
         self.limits = limits
-        self.host_frames = FrameDecoder(max_header_bytes=protocol.header_limit(limits.max_code_bytes),
+        self.host_frames = FrameDecoder(
+            max_header_bytes=protocol.header_limit(limits.max_code_bytes),
                                         max_blob_bytes=limits.max_seed_bytes, max_blobs=1024)
         self.seed_files: dict = {}
         self.reseed = False
@@ -100,7 +101,8 @@ class Supervisor:
     def _new_call_buffers(self):
         self.out = protocol.BoundedStream(self.limits.max_output_bytes)
         self.err = protocol.BoundedStream(self.limits.max_output_bytes)
-        self.results = FrameDecoder(max_header_bytes=8192, max_blob_bytes=self.limits.max_png_bytes,
+        self.results = FrameDecoder(max_header_bytes=8192,
+                                    max_blob_bytes=self.limits.max_png_bytes,
                                     max_blobs=self.limits.max_images)
 
     # -- lifecycle ------------------------------------------------------------------------

@@ -21,10 +21,14 @@ MAX_CONTROL_MESSAGE = 65536
 
 
 def preload() -> None:
-    import base64, bisect, collections, copy, csv, dataclasses, datetime, decimal  # noqa: F401,E401
-    import fractions, functools, hashlib, heapq, itertools, math, operator, pathlib  # noqa: F401,E401
-    import random, re, statistics, string, struct, textwrap, time, typing  # noqa: F401,E401
+    import importlib
     import io
+
+    for name in ("base64", "bisect", "collections", "copy", "csv", "dataclasses", "datetime",
+                 "decimal", "fractions", "functools", "hashlib", "heapq", "itertools", "json",
+                 "math", "operator", "pathlib", "random", "re", "statistics", "string",
+                 "struct", "subprocess", "textwrap", "time", "typing"):
+        importlib.import_module(name)
 
     import cv2
     import matplotlib
