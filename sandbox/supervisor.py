@@ -90,7 +90,7 @@ class Supervisor:
         self.limits = limits
         self.host_frames = FrameDecoder(
             max_header_bytes=protocol.header_limit(limits.max_code_bytes),
-                                        max_blob_bytes=limits.max_seed_bytes, max_blobs=1024)
+            max_blob_bytes=limits.max_seed_bytes, max_blobs=1024)
         self.seed_files: dict = {}
         self.reseed = False
         self.reset_reason = None   # a fault seen between calls, reported with the next one
