@@ -6,8 +6,9 @@ import os
 
 import numpy as np
 import torch
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import Qwen2_5_VLConfig
 
+from codedance_jax.hf.verify import random_hf_model  # noqa: F401  (re-exported for the tests)
 from codedance_jax.processing.image import image_token_count
 
 IMAGE_PAD, VISION_START, VISION_END = 151655, 151652, 151653
@@ -25,23 +26,6 @@ def tiny_hf_config(tie: bool = True, depth: int = 4, fullatt=(1, 3), layers: int
         vision_config=dict(depth=depth, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
                            fullatt_block_indexes=list(fullatt), window_size=window_size),
         tie_word_embeddings=tie)
-
-
-def random_hf_model(config: Qwen2_5_VLConfig, seed: int = 0, scale: float = 0.5):
-    """A float32 model with every weight redrawn from N(0, scale^2 / fan_in)-ish so activations are
-    far from zero (default init leaves many near zero, which hides layout bugs)."""
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval().float()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1 and name.endswith(".weight"):  # RMSNorm scales
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            elif p.ndim == 1:
-                p.copy_(0.2 * torch.randn_like(p))
-            else:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn_like(p) * scale * (3.0 / fan_in) ** 0.5)
-    return model
 
 
 def save_hf(model, path: str, flat: bool = False) -> str:
