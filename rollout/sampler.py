@@ -1,0 +1,183 @@
+"""The slot KV cache and the two jitted steps that touch it.
+
+* `append_segment` writes a segment (a prompt, or a tool turn with its images) into one slot: the
+  vision tower encodes the images, their features replace the image pads, and the tokens go into
+  the cache in fixed-size chunks. Segment lengths are padded to `chunk * 2**i`, image windows to
+  the vision layout's buckets, so varied prompts, tool outputs and image sizes reuse a handful of
+  compilations.
+* `decode_steps` runs up to `steps` tokens for every slot in one `lax.while_loop`, sampling in the
+  jit, and returns early when a slot samples a token that may end a stop string (the host then
+  checks the decoded text) or runs out of its token budget. One host round trip moves [B, steps]
+  tokens and log-probabilities.
+
+Each slot keeps one *pending* token: sampled (or the last token of an appended segment) but not
+yet in the cache. The next decode step feeds it, so a segment's logits are never needed and a
+finished turn's last token costs no forward pass.
+
+The cache holds `capacity + chunk` positions: a chunk write starting at any length <= capacity
+stays in bounds, because `dynamic_update_slice` would otherwise clamp it onto real entries.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.qwen2_5_vl import model as model_lib
+from models.qwen2_5_vl import text
+from models.qwen2_5_vl.config import ModelConfig
+from rollout.sampling import choose_tokens
+
+
+@dataclasses.dataclass
+class Segment:
+    """Tokens for one slot's cache (host side); image pads are already expanded."""
+    token_ids: np.ndarray                 # int32 [n]
+    positions: np.ndarray                 # int32 [3, n] M-RoPE positions continuing the slot
+    pixel_values: np.ndarray | None = None  # float32 [patches, patch_dim] of the images in order
+    image_grid_thw: np.ndarray | None = None  # int64 [n_images, 3]
+
+
+@dataclasses.dataclass
+class DecodeInputs:
+    """Per-slot decode state (numpy, one row per slot)."""
+    tokens: np.ndarray       # int32 [B] pending token
+    positions: np.ndarray    # int32 [B] its position (text: the three M-RoPE axes are equal)
+    budget: np.ndarray       # int32 [B] tokens the slot may generate in this call; 0 idles it
+    keys: np.ndarray         # uint32 [B, 2] raw PRNG keys; a key advances only when its slot samples
+    temperature: np.ndarray  # float32 [B]
+    top_p: np.ndarray        # float32 [B]
+    top_k: np.ndarray        # int32 [B]
+    forced: np.ndarray       # int32 [B, steps] tokens to emit instead of sampling (teacher forcing)
+    num_forced: np.ndarray   # int32 [B] leading entries of `forced` in use
+
+    @classmethod
+    def idle(cls, num_slots: int, steps: int) -> "DecodeInputs":
+        zeros = np.zeros(num_slots, np.int32)
+        return cls(tokens=zeros.copy(), positions=zeros.copy(), budget=zeros.copy(),
+                   keys=np.zeros((num_slots, 2), np.uint32), temperature=np.ones(num_slots, np.float32),
+                   top_p=np.ones(num_slots, np.float32), top_k=zeros.copy(),
+                   forced=np.zeros((num_slots, steps), np.int32), num_forced=zeros.copy())
+
+
+@dataclasses.dataclass
+class DecodeOutputs:
+    """What one decode call produced; device arrays until `to_host`."""
+    tokens: np.ndarray     # int32 [B, steps]; row b holds counts[b] tokens, then -1
+    log_probs: np.ndarray  # float32 [B, steps] policy log-probability of each token
+    counts: np.ndarray     # int32 [B]
+    keys: np.ndarray       # uint32 [B, 2] advanced keys
+
+    def to_host(self) -> "DecodeOutputs":
+        return DecodeOutputs(*(np.asarray(x) for x in (self.tokens, self.log_probs, self.counts, self.keys)))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "steps"), donate_argnames=("cache",))
+def decode_steps(cfg: ModelConfig, params: dict, cache: text.KVCache, triggers: jax.Array, inputs: dict, *,
+                 steps: int) -> tuple[text.KVCache, dict]:
+    """Decodes up to `steps` tokens per slot; triggers [B, V] marks tokens that end the loop."""
+    batch = inputs["tokens"].shape[0]
+    slots = jnp.arange(batch)
+
+    def cond(carry):
+        step, halted = carry[0], carry[1]
+        return (step < steps) & ~halted
+
+    def body(carry):
+        step, _, cache, tokens, positions, budget, keys, out_tokens, out_log_probs, counts = carry
+        running = budget > 0
+        embeds = text.embed_tokens(params["text"], tokens[:, None], cfg.compute_dtype)
+        pos = jnp.broadcast_to(positions[None, :, None], (3, batch, 1))
+        logits, cache = model_lib.extend_cache(cfg, params, embeds, pos, running.astype(jnp.int32), cache)
+        split = jax.vmap(jax.random.split)(keys)
+        sampled, log_probs = choose_tokens(logits[:, 0], split[:, 1], inputs["temperature"], inputs["top_p"],
+                                           inputs["top_k"])
+        token = jnp.where(step < inputs["num_forced"], inputs["forced"][:, step], sampled)
+        token_log_prob = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
+        out_tokens = out_tokens.at[:, step].set(jnp.where(running, token, -1))
+        out_log_probs = out_log_probs.at[:, step].set(jnp.where(running, token_log_prob, 0.0))
+        step_taken = running.astype(jnp.int32)
+        budget = budget - step_taken
+        halted = jnp.any(running & (triggers[slots, token] | (budget == 0)))
+        return (step + 1, halted, cache, jnp.where(running, token, tokens), positions + step_taken, budget,
+                jnp.where(running[:, None], split[:, 0], keys), out_tokens, out_log_probs, counts + step_taken)
+
+    budget = inputs["budget"]
+    carry = (jnp.int32(0), ~jnp.any(budget > 0), cache, inputs["tokens"], inputs["positions"], budget,
+             inputs["keys"], jnp.full((batch, steps), -1, jnp.int32), jnp.zeros((batch, steps), jnp.float32),
+             jnp.zeros((batch,), jnp.int32))
+    carry = jax.lax.while_loop(cond, body, carry)
+    return carry[2], {"tokens": carry[7], "log_probs": carry[8], "counts": carry[9], "keys": carry[6]}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "chunk"), donate_argnames=("cache",))
+def append_segment(cfg: ModelConfig, params: dict, cache: text.KVCache, slot: jax.Array, start: jax.Array,
+                   segment: dict, *, chunk: int) -> text.KVCache:
+    """Writes `segment["num_tokens"]` tokens into `slot` from cache position `start` (which also
+    resets or rewinds the slot); the padded tail of the segment is never written past a chunk."""
+    embeds = model_lib.embed_inputs(cfg, params, segment)  # [1, L, D], image features merged
+    positions = segment["positions"]                      # [3, 1, L]
+    num_tokens = segment["num_tokens"]
+    one = text.KVCache(k=jax.lax.dynamic_slice_in_dim(cache.k, slot, 1, axis=1),
+                       v=jax.lax.dynamic_slice_in_dim(cache.v, slot, 1, axis=1), lengths=start[None])
+
+    def write_chunk(index, one):
+        begin = index * chunk
+        chunk_embeds = jax.lax.dynamic_slice_in_dim(embeds, begin, chunk, axis=1)
+        chunk_positions = jax.lax.dynamic_slice_in_dim(positions, begin, chunk, axis=2)
+        real = jnp.clip(num_tokens - begin, 0, chunk)[None]
+        _, one = text.forward_with_cache(cfg.text, params["text"], chunk_embeds, chunk_positions, real, one,
+                                         cfg.compute_dtype)
+        return one
+
+    one = jax.lax.fori_loop(0, (num_tokens + chunk - 1) // chunk, write_chunk, one)
+    return text.KVCache(k=jax.lax.dynamic_update_slice_in_dim(cache.k, one.k, slot, axis=1),
+                        v=jax.lax.dynamic_update_slice_in_dim(cache.v, one.v, slot, axis=1),
+                        lengths=cache.lengths.at[slot].set(one.lengths[0]))
+
+
+def segment_bucket(num_tokens: int, chunk: int) -> int:
+    """Padded segment length: chunk * 2**i, the smallest that holds num_tokens."""
+    chunks = max(1, -(-num_tokens // chunk))
+    return chunk * (1 << (chunks - 1).bit_length())
+
+
+class SlotCache:
+    """A KV cache of `num_slots` slots, each holding up to `capacity` tokens."""
+
+    def __init__(self, cfg: ModelConfig, num_slots: int, capacity: int, chunk: int, steps: int, dtype=None):
+        if min(num_slots, capacity, chunk, steps) < 1:
+            raise ValueError("num_slots, capacity, chunk and steps must be positive")
+        self.cfg, self.num_slots, self.capacity, self.chunk, self.steps = cfg, num_slots, capacity, chunk, steps
+        dtype = cfg.compute_dtype if dtype is None else dtype
+        self.cache = text.KVCache.zeros(cfg.text, num_slots, capacity + chunk, dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.cache.nbytes
+
+    def append(self, params: dict, slot: int, start: int, segment: Segment) -> None:
+        """Writes a segment into `slot` from position `start` (dispatched asynchronously)."""
+        num_tokens = len(segment.token_ids)
+        if start + num_tokens > self.capacity:
+            raise ValueError(f"slot {slot}: {start} + {num_tokens} tokens exceed the capacity {self.capacity}")
+        if num_tokens == 0:
+            return
+        length = segment_bucket(num_tokens, self.chunk)
+        inputs = {"input_ids": np.pad(segment.token_ids.astype(np.int32), (0, length - num_tokens))[None],
+                  "positions": np.pad(segment.positions.astype(np.int32), ((0, 0), (0, length - num_tokens)))[:, None],
+                  "num_tokens": np.int32(num_tokens)}
+        if segment.pixel_values is not None and len(segment.pixel_values):
+            pixels, layout, _ = model_lib.vision_inputs(self.cfg, segment.pixel_values, segment.image_grid_thw)
+            inputs.update(pixel_values=pixels, vision_layout=layout)
+        self.cache = append_segment(self.cfg, params, self.cache, np.int32(slot), np.int32(start), inputs,
+                                    chunk=self.chunk)
+
+    def decode(self, params: dict, triggers: jax.Array, inputs: DecodeInputs) -> DecodeOutputs:
+        """Dispatches one decode call; the outputs are device arrays (call `to_host`)."""
+        self.cache, out = decode_steps(self.cfg, params, self.cache, triggers, dataclasses.asdict(inputs),
+                                       steps=self.steps)
+        return DecodeOutputs(**out)
