@@ -84,3 +84,52 @@ def test_greedy_generation_equals_transformers_generate(hf_pair, make_engine, to
             max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     expected = generated[0, ids.shape[1]:].tolist()
     assert trajectory.tokens[trajectory.prompt_length:] == expected
+
+
+def _code_turn(code: str) -> str:
+    return f"<code>\n```python\n{code}\n```\n</code>"
+
+
+def test_failing_timing_out_and_unparsable_calls_become_error_turns(make_engine, tokenizer):
+    script = [_code_turn("print('half way')\n1 / 0"), _code_turn("while True:\n    pass"),
+              '<tool_call>{"name": "execute_python_code", "arguments": {"code": </tool_call>',
+              _code_turn("print(2 + 2)"), "<answer>4</answer><|im_end|>"]
+    [trajectory] = make_engine(max_turns=6, max_response_tokens=480, max_tool_tokens=400).generate(
+        [Request.from_question("What is 2 + 2?", smooth_image(112, 112), forced_turns=script)])
+    assert trajectory.finish_reason == traj_lib.FINISH_STOP and trajectory.num_turns == 5
+    outcomes = [c.outcome for c in trajectory.tool_calls]
+    assert outcomes == [traj_lib.TOOL_ERROR, traj_lib.TOOL_TIMEOUT, traj_lib.TOOL_PARSE_ERROR, traj_lib.TOOL_OK]
+    assert trajectory.tool_calls[0].error.startswith("ZeroDivisionError")
+    assert trajectory.tool_calls[0].stdout == "half way\n" and trajectory.tool_calls[3].stdout == "4\n"
+    response = trajectory.response_text(tokenizer)
+    assert "The code failed with ZeroDivisionError" in response and "Printed output:\nhalf way" in response
+    assert "ran past the time limit" in response and "could not be run: invalid < tool_call>" in response
+
+
+def test_bad_inputs_end_or_continue_a_trajectory_without_stopping_the_batch(make_engine, tokenizer):
+    image = smooth_image(112, 112)
+    thin_and_small = _code_turn("from PIL import Image\nImage.new('RGB', (3000, 10)).show()\n"
+                                "Image.new('RGB', (40, 40), 'red')")
+    requests = [
+        Request.from_question("Draw?", image, forced_turns=["Here: <|vision_start|><|image_pad|> done"]),
+        Request.from_question("word " * 600, image),
+        Request.from_question("Print a lot.", image, forced_turns=[_code_turn("print('word ' * 3000)")]),
+        Request.from_question("Shapes?", image, forced_turns=[thin_and_small, "<answer>red</answer><|im_end|>"]),
+        Request.from_question("Loop?", image, forced_turns=[_code_turn(f"x = {i}") for i in range(5)]),
+        Request.from_question("Too thin?", smooth_image(10, 3000)),
+    ]
+    vision, too_long, loud, shapes, looping, bad_image = make_engine().generate(requests)
+
+    assert vision.finish_reason == traj_lib.FINISH_VISION_TOKEN
+    kept = tokenizer("Here: ", add_special_tokens=False)["input_ids"]  # vision_start is dropped too
+    assert vision.tokens[vision.prompt_length:] == kept and len(vision.log_probs) == len(vision.tokens)
+    assert too_long.finish_reason == traj_lib.FINISH_PROMPT_TOO_LONG and too_long.response_length == 0
+    assert loud.finish_reason == traj_lib.FINISH_TOOL_BUDGET and loud.tool_calls[0].outcome == traj_lib.TOOL_OK
+    assert "needs" in loud.finish_detail and loud.loss_mask[-1] == 1  # nothing of the tool turn was added
+    assert shapes.finish_reason == traj_lib.FINISH_STOP
+    [call] = shapes.tool_calls
+    assert call.num_images == 1 and "aspect ratio above 200" in call.stderr  # the sandbox's guards
+    assert shapes.images[1].size == (112, 112) and shapes.image_grid_thw[1].tolist() == [1, 8, 8]
+    assert looping.finish_reason == traj_lib.FINISH_MAX_TURNS and len(looping.tool_calls) == 4
+    assert "This is your last turn" in looping.response_text(tokenizer)
+    assert bad_image.finish_reason == traj_lib.FINISH_BAD_PROMPT and "shorter than 28" in bad_image.finish_detail
