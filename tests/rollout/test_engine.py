@@ -4,6 +4,7 @@ import torch
 
 from codedance_jax.processing.chat import render_chat
 from codedance_jax.processing.image import preprocess_images, resize_for_model
+from rollout import sampler
 from rollout import trajectory as traj_lib
 from rollout.engine import Request
 from rollout.sampling import SamplingParams
@@ -133,3 +134,29 @@ def test_bad_inputs_end_or_continue_a_trajectory_without_stopping_the_batch(make
     assert looping.finish_reason == traj_lib.FINISH_MAX_TURNS and len(looping.tool_calls) == 4
     assert "This is your last turn" in looping.response_text(tokenizer)
     assert bad_image.finish_reason == traj_lib.FINISH_BAD_PROMPT and "shorter than 28" in bad_image.finish_detail
+
+
+def test_no_recompiles_after_warm_up_and_samples_do_not_depend_on_the_batch(make_engine):
+    """Varied prompts, images, crops and tool outputs reuse the warm-up's compilations, and a
+    seeded request samples the same trajectory in another slot next to other requests."""
+    engine = make_engine()
+    sampled = Request.from_question("Tell me a story about a cat who finds a box.", seed=11)
+
+    def scripted(image, question, crop, printed):
+        code = _code_turn(f"print({printed})\ninput_image.crop({crop})")
+        return Request.from_question(question, image, forced_turns=[code, "<answer>1</answer><|im_end|>"])
+
+    warm = engine.generate([scripted(smooth_image(168, 224), "What is this?", (0, 0, 100, 80), "'x'"), sampled])
+    compilations = (sampler.decode_steps._cache_size(), sampler.append_segment._cache_size())
+    varied = engine.generate([
+        sampled,
+        scripted(smooth_image(196, 196, seed=1), "Which colour covers most of the picture?", (10, 10, 70, 100),
+                 "'y' * 40"),
+        Request.from_question("Tell me a story about a dog.", seed=12),
+        scripted(smooth_image(168, 196, seed=2), "Is it dark?", (0, 0, 90, 90), "sum(range(10))"),
+    ])
+    assert (sampler.decode_steps._cache_size(), sampler.append_segment._cache_size()) == compilations
+    assert [t.finish_reason for t in varied] == [traj_lib.FINISH_TURN_TOKENS, traj_lib.FINISH_STOP,
+                                                 traj_lib.FINISH_TURN_TOKENS, traj_lib.FINISH_STOP]
+    assert varied[0].tokens == warm[1].tokens
+    np.testing.assert_allclose(varied[0].log_probs, warm[1].log_probs, atol=1e-5)
