@@ -280,7 +280,6 @@ class Engine:
     def _end_turn(self, slot: _Slot, slots) -> None:
         """The assistant turn is over: finish, or start its tool call."""
         trajectory = slot.trajectory
-        trajectory.num_turns += 1
         text = self.tokenizer.decode(slot.turn_tokens, skip_special_tokens=False)
         parsed = None if has_final_answer(text) else parse_tool_call(text)
         if parsed is None:
@@ -399,6 +398,7 @@ class Engine:
         slot.pending, slot.pending_position = ids[-1], int(positions[0, -1])
         slot.cache_length += len(ids) - 1
         slot.turn_tokens = []
+        slot.trajectory.num_turns += 1
         slot.forced_turn = slot.script.popleft() if slot.script else None
         slot.forced_done = 0
         slot.state = DECODING

@@ -51,7 +51,7 @@ class Trajectory:
     images: list = dataclasses.field(default_factory=list)           # PIL images
     image_grid_thw: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 3), np.int64))
     prompt_length: int = 0
-    num_turns: int = 0         # assistant turns (finished or cut)
+    num_turns: int = 0         # assistant turns begun (the last may be cut by a limit)
     tool_calls: list[ToolCall] = dataclasses.field(default_factory=list)
     finish_reason: str | None = None
     finish_detail: str = ""
