@@ -132,6 +132,17 @@ class _Slot:
     future: concurrent.futures.Future | None = None
     submitted: bool = False                # the slot's sandbox session exists
 
+    @property
+    def unsubmitted_call(self) -> bool:
+        return self.state == WAITING_TOOL and self.call.code is not None and self.future is None
+
+    @property
+    def tool_result_ready(self) -> bool:
+        """A call that could not be parsed needs no sandbox; others are ready when their future is."""
+        if self.state != WAITING_TOOL:
+            return False
+        return self.future.done() if self.future is not None else self.call.code is None
+
 
 class Engine:
     """Multi-turn rollouts with sandboxed code execution (see module docstring).
@@ -183,17 +194,20 @@ class Engine:
         started = time.perf_counter()
         try:
             while True:
-                for slot in [s for s in slots if s is not None and s.state == DECODING]:
+                for slot in self._decoding(slots):
                     reason = self._limit_reached(slot)
                     if reason is not None:
                         self._finish(slot, slots, reason)
-                decoding = [s for s in slots if s is not None and s.state == DECODING]
+                decoding = self._decoding(slots)
                 outputs = self._dispatch_decode(params, decoding) if decoding else None
-                prepared = []
-                if not (self.config.turn_synchronous and outputs is not None):
-                    if self.config.turn_synchronous:
-                        self._run_tools_to_completion(slots)
+                # Host work while the device decodes; the turn-synchronous baseline waits for a barrier.
+                if not self.config.turn_synchronous:
                     prepared = self._prepare_ready_slots(slots, queue, results)
+                elif outputs is None:
+                    self._run_tools_to_completion(slots)
+                    prepared = self._prepare_ready_slots(slots, queue, results)
+                else:
+                    prepared = []
                 if outputs is not None:
                     self._take_outputs(outputs.to_host(), decoding, slots)
                 for slot, start, segment in prepared:
@@ -205,7 +219,7 @@ class Engine:
                     waiting = [s.future for s in slots if s is not None and s.future is not None]
                     if not waiting and not queue and all(s is None for s in slots):
                         break
-                    if waiting:
+                    if waiting:  # every busy slot waits on a tool: the device idles
                         idle_from = time.perf_counter()
                         concurrent.futures.wait(waiting, return_when=concurrent.futures.FIRST_COMPLETED)
                         self.stats.tool_wait_s += time.perf_counter() - idle_from
@@ -215,6 +229,10 @@ class Engine:
                     self._close_session(slot)
             self.stats.wall_s = time.perf_counter() - started
         return results
+
+    @staticmethod
+    def _decoding(slots) -> list[_Slot]:
+        return [s for s in slots if s is not None and s.state == DECODING]
 
     def _dispatch_decode(self, params: dict, decoding: list[_Slot]):
         cfg = self.config
@@ -309,11 +327,10 @@ class Engine:
 
     def _run_tools_to_completion(self, slots) -> None:
         """Turn-synchronous baseline: start every pending call, then wait for all of them."""
-        waiting = [s for s in slots if s is not None and s.state == WAITING_TOOL]
-        for slot in waiting:
-            if slot.future is None and slot.call.outcome != traj_lib.TOOL_PARSE_ERROR:
+        for slot in slots:
+            if slot is not None and slot.unsubmitted_call:
                 self._submit(slot)
-        futures = [s.future for s in waiting if s.future is not None]
+        futures = [s.future for s in slots if s is not None and s.future is not None]
         if futures:
             idle_from = time.perf_counter()
             concurrent.futures.wait(futures)
@@ -324,13 +341,7 @@ class Engine:
     def _prepare_ready_slots(self, slots, queue, results) -> list[tuple[_Slot, int, Segment]]:
         """Segments for finished tool calls and for new requests in free slots."""
         prepared = []
-        for slot in list(slots):
-            if slot is None or slot.state != WAITING_TOOL:
-                continue
-            if slot.future is not None and not slot.future.done():
-                continue
-            if slot.future is None and slot.call.outcome != traj_lib.TOOL_PARSE_ERROR:
-                continue  # turn-synchronous: not started yet
+        for slot in [s for s in slots if s is not None and s.tool_result_ready]:
             work = self._tool_turn_segment(slot, slots)
             if work is not None:
                 prepared.append(work)

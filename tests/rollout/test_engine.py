@@ -160,3 +160,17 @@ def test_no_recompiles_after_warm_up_and_samples_do_not_depend_on_the_batch(make
                                                  traj_lib.FINISH_TURN_TOKENS, traj_lib.FINISH_STOP]
     assert varied[0].tokens == warm[1].tokens
     np.testing.assert_allclose(varied[0].log_probs, warm[1].log_probs, atol=1e-5)
+
+
+def test_turn_synchronous_scheduling_gives_the_same_trajectories(make_engine):
+    requests = [Request.from_question(f"Question {i}?", smooth_image(112, 140, seed=i), seed=i,
+                                      forced_turns=[_code_turn(f"import time\ntime.sleep({0.1 * i})\nprint({i})")])
+                for i in range(3)]
+    overlapped = make_engine().generate(requests)
+    synchronous_engine = make_engine(turn_synchronous=True)
+    synchronous = synchronous_engine.generate(requests)
+    assert synchronous_engine.stats.tool_wait_s > 0
+    for a, b in zip(overlapped, synchronous):
+        assert a.tokens == b.tokens and a.finish_reason == b.finish_reason == traj_lib.FINISH_TURN_TOKENS
+        assert [c.stdout for c in a.tool_calls] == [c.stdout for c in b.tool_calls]
+        np.testing.assert_allclose(a.log_probs, b.log_probs, atol=1e-5)
