@@ -74,7 +74,8 @@ class Request:
 
     forced_turns: teacher forcing. Each entry (text or token ids) is one whole assistant turn,
     emitted instead of sampled through the same decode path (log-probs are recorded, tool calls
-    run); turns after the script are sampled.
+    run); a scripted turn ends where its script does (stop strings are not checked inside it),
+    and turns after the script are sampled.
     """
     messages: list[dict]
     images: Sequence = ()
@@ -431,7 +432,7 @@ class Engine:
         images, call.notes = usable_images(pngs, cfg.max_images - len(trajectory.images), cfg.image_config)
         call.num_images = len(images)
         trajectory.tool_calls.append(call)
-        # Guarded images and sanitised text always render; nothing here depends on the code's luck.
+        # The images passed the processor's checks and code output is sanitised: rendering cannot fail.
         rendered = render_tool_turn(call, images, self.tokenizer, cfg.tool_format, cfg.image_config,
                                     last_turn=trajectory.num_turns == cfg.max_turns - 1)
         pixels, grids = preprocess_images(rendered.images, cfg.image_config)
