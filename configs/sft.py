@@ -1,0 +1,87 @@
+"""SFT experiment configs: `--config=configs/sft.py:tiny` (or 3b, 7b).
+
+Everything an experiment is lives here; any field can be overridden on the command line with
+`--config.field=value` (e.g. `--config.total_steps=100 --config.mesh_shape=(1,-1,1)`).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # Model: a preset name (random init) or a converted checkpoint directory.
+    c.model_preset = "tiny"
+    c.init_checkpoint = ""  # converted checkpoint dir (codedance_jax.hf.convert); "" = random init
+    c.tokenizer_dir = ""  # "" = the packaged Qwen tokenizer (tests, tiny runs)
+    c.dtype = "float32"  # compute dtype
+    c.param_dtype = "float32"  # master weights
+    c.remat = False  # recompute each decoder layer in the backward pass
+
+    # Data.
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"  # "synthetic", or a .jsonl / .parquet file of release-form records
+    c.data.tfds_dir = ""  # if set, records are first built into an array_record TFDS dataset here
+    c.data.num_synthetic = 512
+    c.data.seed = 0
+    c.data.system_prompt = ""
+    c.data.min_pixels = 3136
+    c.data.max_pixels = 200704  # 256 * 28 * 28 for the tiny preset
+    c.data.window_batches = 8  # batches whose examples are grouped by length
+
+    # Batch and sequence buckets.
+    c.batch_size = 8  # global, in sequences
+    c.grad_accum_steps = 1
+    c.seq_len = 1024  # the largest length bucket; longer records are skipped and counted
+    c.length_buckets = (256, 512, 1024)
+    c.patch_buckets = (1024, 2048, 4096)  # image patch rows per (process-local) batch
+
+    # Optimisation: AdamW, linear warmup then cosine decay, global-norm clipping.
+    c.total_steps = 200
+    c.learning_rate = 1e-3
+    c.warmup_steps = 10
+    c.min_lr_ratio = 0.1
+    c.weight_decay = 0.0
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.95
+    c.grad_clip = 1.0
+    c.seed = 0
+
+    # Device mesh (data, fsdp, tensor); -1 takes the remaining devices.
+    c.mesh_shape = (1, -1, 1)
+
+    # Checkpoints, logging.
+    c.checkpoint_every = 50
+    c.keep_checkpoints = 3
+    c.log_every = 1
+    c.loss_chunk_tokens = 2048  # tokens whose logits are alive at once in the loss
+    c.plot_every = 50
+    c.tensorboard = False
+    c.distributed = False  # jax.distributed.initialize() for multi-host pods
+    return c
+
+
+def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
+    c = base()
+    if preset == "tiny":
+        return c
+    if preset not in ("3b", "7b"):
+        raise ValueError(f"unknown SFT preset {preset!r}; choose tiny, 3b or 7b")
+    # Release-scale SFT (SPEC section 5): bf16 compute, remat, long multi-turn sequences.
+    c.model_preset = preset
+    c.dtype = "bfloat16"
+    c.remat = True
+    c.data.source = ""  # must be set: the CodeDance SFT records
+    c.data.max_pixels = 1003520
+    c.batch_size = 64
+    c.seq_len = 8192
+    c.length_buckets = (2048, 4096, 8192)
+    c.patch_buckets = (8192, 16384, 32768)
+    c.total_steps = 1000
+    c.learning_rate = 1e-5
+    c.warmup_steps = 30
+    c.weight_decay = 0.0
+    c.mesh_shape = (1, -1, 1)
+    c.checkpoint_every = 100
+    c.log_every = 10
+    return c

@@ -1,0 +1,80 @@
+"""Host side of a train step: processing batches -> fixed-shape model inputs -> global arrays.
+
+A step takes `grad_accum_steps` micro-batches stacked on a leading axis. Micro-batches may have
+come out of the data pipeline in different buckets, so they are padded to a common shape first;
+the shapes a step sees stay within the bucket products, which bounds compilations.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from codedance_jax.mesh import BATCH_AXES
+from codedance_jax.processing.batching import Batch
+from models.qwen2_5_vl.config import ModelConfig
+from models.qwen2_5_vl.model import window_bucket_for
+from models.qwen2_5_vl.vision_layout import build_layout, num_windows
+
+# Padding value of each input, when micro-batches are brought to one shape.
+_PAD = {"input_ids": 0, "attention_mask": 0, "positions": 0, "loss_mask": 0, "pixel_values": 0.0,
+        "patch_index": -1, "rope_hw": 0, "frame_id": -1, "merged_order": 0}
+# Which axis of each input grows with the bucket (the others are fixed by the config).
+_GROWING_AXIS = {"input_ids": 1, "attention_mask": 1, "positions": 2, "loss_mask": 1, "pixel_values": 0,
+                 "patch_index": 0, "rope_hw": 0, "frame_id": 0, "merged_order": 0}
+
+
+def model_inputs(cfg: ModelConfig, batch: Batch, window_bucket: int | None = None) -> dict[str, np.ndarray]:
+    """One micro-batch as flat numpy arrays: token arrays [B, L] (positions [3, B, L]) and, when
+    the batch has images, pixel rows and the vision layout (see models/qwen2_5_vl/vision_layout)."""
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+              "positions": batch.position_ids, "loss_mask": batch.loss_mask}
+    grids = batch.image_grid_thw
+    if len(grids):
+        windows = num_windows(grids, cfg.vision)
+        layout = build_layout(grids, cfg.vision, window_bucket=window_bucket or window_bucket_for(windows))
+        inputs.update(pixel_values=batch.pixel_values, patch_index=layout.patch_index, rope_hw=layout.rope_hw,
+                      frame_id=layout.frame_id, merged_order=layout.merged_order)
+    return inputs
+
+
+def stack_micro_batches(micro: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Pads micro-batches to a common shape and stacks them on a new leading axis."""
+    keys = set(micro[0])
+    with_images = [m for m in micro if "pixel_values" in m]
+    if with_images and len(with_images) != len(micro):
+        # A text-only micro-batch next to ones with images gets an empty vision layout.
+        template = with_images[0]
+        micro = [m if "pixel_values" in m else {**m, **{k: np.full((0, *template[k].shape[1:]), _PAD[k],
+                                                                  template[k].dtype)
+                                                        for k in template if k not in m}}
+                 for m in micro]
+        keys = set(template)
+    stacked = {}
+    for key in keys:
+        axis = _GROWING_AXIS[key]
+        size = max(m[key].shape[axis] for m in micro)
+        padded = []
+        for m in micro:
+            widths = [(0, 0)] * m[key].ndim
+            widths[axis] = (0, size - m[key].shape[axis])
+            padded.append(np.pad(m[key], widths, constant_values=_PAD[key]))
+        stacked[key] = np.stack(padded)
+    return stacked
+
+
+def global_batch(stacked: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """Process-local stacked inputs -> global arrays sharded over the data-parallel axes.
+
+    Token arrays split their batch axis; vision arrays split their slot/row axis, so each
+    process's rows form one contiguous block (the step re-bases the layout's indices per block).
+    """
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    def sharding(key: str, ndim: int) -> NamedSharding:
+        spec = [None] * ndim
+        spec[2 if key == "positions" else 1] = BATCH_AXES  # axis 0 is the micro-batch index
+        return NamedSharding(mesh, PartitionSpec(*spec))
+
+    return {k: jax.make_array_from_process_local_data(sharding(k, v.ndim), v) for k, v in stacked.items()}
