@@ -26,18 +26,17 @@ def base() -> ml_collections.ConfigDict:
     c.data.seed = 0
     c.data.system_prompt = ""
     c.data.min_pixels = 3136
-    c.data.max_pixels = 200704  # 256 * 28 * 28 for the tiny preset
+    c.data.max_pixels = 50176  # 64 * 28 * 28: at most 64 image tokens per image for the tiny preset
     c.data.window_batches = 8  # batches whose examples are grouped by length
 
     # Batch and sequence buckets.
-    c.batch_size = 8  # global, in sequences
+    c.batch_size = 4  # global, in sequences
     c.grad_accum_steps = 1
-    c.seq_len = 1024  # the largest length bucket; longer records are skipped and counted
-    c.length_buckets = (256, 512, 1024)
-    c.patch_buckets = (1024, 2048, 4096)  # image patch rows per (process-local) batch
+    c.length_buckets = (256, 512)  # padded lengths; longer records are skipped and counted
+    c.patch_buckets = (512, 1024, 2048)  # image patch rows per (process-local) micro-batch
 
     # Optimisation: AdamW, linear warmup then cosine decay, global-norm clipping.
-    c.total_steps = 200
+    c.total_steps = 100
     c.learning_rate = 1e-3
     c.warmup_steps = 10
     c.min_lr_ratio = 0.1
@@ -74,7 +73,6 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     c.data.source = ""  # must be set: the CodeDance SFT records
     c.data.max_pixels = 1003520
     c.batch_size = 64
-    c.seq_len = 8192
     c.length_buckets = (2048, 4096, 8192)
     c.patch_buckets = (8192, 16384, 32768)
     c.total_steps = 1000

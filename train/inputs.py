@@ -19,10 +19,7 @@ from models.qwen2_5_vl.vision_layout import build_layout, num_windows
 
 # Padding value of each input, when micro-batches are brought to one shape.
 _PAD = {"input_ids": 0, "attention_mask": 0, "positions": 0, "loss_mask": 0, "pixel_values": 0.0,
-        "patch_index": -1, "rope_hw": 0, "frame_id": -1, "merged_order": 0}
-# Which axis of each input grows with the bucket (the others are fixed by the config).
-_GROWING_AXIS = {"input_ids": 1, "attention_mask": 1, "positions": 2, "loss_mask": 1, "pixel_values": 0,
-                 "patch_index": 0, "rope_hw": 0, "frame_id": 0, "merged_order": 0}
+        "patch_index": -1, "rope_hw": 0, "frame_windows": -1, "merged_order": 0}
 
 
 def model_inputs(cfg: ModelConfig, batch: Batch, window_bucket: int | None = None) -> dict[str, np.ndarray]:
@@ -35,7 +32,7 @@ def model_inputs(cfg: ModelConfig, batch: Batch, window_bucket: int | None = Non
         windows = num_windows(grids, cfg.vision)
         layout = build_layout(grids, cfg.vision, window_bucket=window_bucket or window_bucket_for(windows))
         inputs.update(pixel_values=batch.pixel_values, patch_index=layout.patch_index, rope_hw=layout.rope_hw,
-                      frame_id=layout.frame_id, merged_order=layout.merged_order)
+                      frame_windows=layout.frame_windows, merged_order=layout.merged_order)
     return inputs
 
 
@@ -53,14 +50,9 @@ def stack_micro_batches(micro: Sequence[dict[str, np.ndarray]]) -> dict[str, np.
         keys = set(template)
     stacked = {}
     for key in keys:
-        axis = _GROWING_AXIS[key]
-        size = max(m[key].shape[axis] for m in micro)
-        padded = []
-        for m in micro:
-            widths = [(0, 0)] * m[key].ndim
-            widths[axis] = (0, size - m[key].shape[axis])
-            padded.append(np.pad(m[key], widths, constant_values=_PAD[key]))
-        stacked[key] = np.stack(padded)
+        shape = np.max([m[key].shape for m in micro], axis=0)
+        stacked[key] = np.stack([np.pad(m[key], [(0, n - d) for n, d in zip(shape, m[key].shape)],
+                                        constant_values=_PAD[key]) for m in micro])
     return stacked
 
 

@@ -72,3 +72,12 @@ def init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, shardin
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
     return TrainState(step=step, params=params, opt_state=opt_state)
+
+
+def abstract_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, shardings: TrainState,
+                   param_dtype) -> TrainState:
+    """The state's structure as ShapeDtypeStructs carrying their shardings (for restoring)."""
+    params = Qwen2_5_VL.abstract(model_cfg, param_dtype).params()
+    shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                        opt_state=jax.eval_shape(tx.init, params))
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)

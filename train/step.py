@@ -13,30 +13,29 @@ from models.qwen2_5_vl import model as model_lib
 from train.losses import cross_entropy_sum, shifted_targets
 from train.state import TrainState
 
-VISION_KEYS = ("patch_index", "rope_hw", "frame_id", "merged_order")
-
-
 def rebase_layout(micro: dict, num_blocks: int) -> dict:
     """The vision layout of a global batch made of `num_blocks` process-local blocks: each
-    block's indices refer to its own pixel rows and slots, so offset them by the block's start."""
-    index, frames, order = micro["patch_index"], micro["frame_id"], micro["merged_order"]
-    slots_per_block = index.shape[0] // num_blocks
+    block's indices refer to its own pixel rows, slots and windows, so offset them by the
+    block's start."""
+    index, windows, order = micro["patch_index"], micro["frame_windows"], micro["merged_order"]
     rows_per_block = micro["pixel_values"].shape[0] // num_blocks
+    slots_per_block = index.shape[0] // num_blocks
+    windows_per_block = windows.shape[0] // num_blocks
     merged_per_block = order.shape[0] // num_blocks
     slot_block = jnp.arange(index.shape[0]) // slots_per_block
+    window_block = (jnp.arange(windows.shape[0]) // windows_per_block)[:, None]
     merged_block = jnp.arange(order.shape[0]) // merged_per_block
-    merge_unit = slots_per_block // merged_per_block
     return {
         "patch_index": jnp.where(index >= 0, index + slot_block * rows_per_block, -1),
         "rope_hw": micro["rope_hw"],
-        "frame_id": jnp.where(frames >= 0, frames + slot_block * slots_per_block, -1),
-        "merged_order": order + merged_block * (slots_per_block // merge_unit),
+        "frame_windows": jnp.where(windows >= 0, windows + window_block * windows_per_block, -1),
+        "merged_order": order + merged_block * merged_per_block,
     }
 
 
 def micro_batch_loss(model_cfg: ModelConfig, params: dict, micro: dict, *, remat: bool, num_blocks: int,
                      loss_chunk: int):
-    """(sum of token losses, (tokens, correct)) for one micro-batch."""
+    """(sum of token losses, (loss tokens, correct predictions, input tokens)) for one micro-batch."""
     inputs = {k: micro[k] for k in ("input_ids", "attention_mask", "positions")}
     if "pixel_values" in micro:
         inputs["pixel_values"] = micro["pixel_values"]
@@ -44,7 +43,7 @@ def micro_batch_loss(model_cfg: ModelConfig, params: dict, micro: dict, *, remat
     hidden = model_lib.forward_hidden(model_cfg, params, inputs, remat=remat)
     targets, mask = shifted_targets(micro["input_ids"], micro["loss_mask"])
     loss, correct = cross_entropy_sum(params["text"], hidden, targets, mask, loss_chunk)
-    return loss, (mask.sum(), correct)
+    return loss, (mask.sum(), correct, micro["attention_mask"].sum())
 
 
 def loss_and_grads(params: dict, batch: dict, *, model_cfg: ModelConfig, remat: bool = False,
@@ -55,17 +54,17 @@ def loss_and_grads(params: dict, batch: dict, *, model_cfg: ModelConfig, remat: 
                                                    num_blocks=num_blocks, loss_chunk=loss_chunk), has_aux=True)
 
     def accumulate(carry, micro):
-        grads, loss, tokens, correct = carry
-        (micro_loss, (micro_tokens, micro_correct)), micro_grads = grad_fn(params, micro)
+        grads, sums = carry
+        (micro_loss, counts), micro_grads = grad_fn(params, micro)
         grads = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads, micro_grads)
-        return (grads, loss + micro_loss, tokens + micro_tokens, correct + micro_correct), None
+        return (grads, [s + c.astype(jnp.float32) for s, c in zip(sums, (micro_loss, *counts))]), None
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    init = (zeros, jnp.float32(0), jnp.float32(0), jnp.float32(0))
-    (grads, loss, tokens, correct), _ = jax.lax.scan(accumulate, init, batch)
-    denominator = jnp.maximum(tokens, 1.0)
+    (grads, (loss, targets, correct, tokens)), _ = jax.lax.scan(accumulate, (zeros, [jnp.float32(0)] * 4), batch)
+    denominator = jnp.maximum(targets, 1.0)
     grads = jax.tree.map(lambda g: g / denominator, grads)
-    return grads, {"loss": loss / denominator, "accuracy": correct / denominator, "tokens": tokens}
+    return grads, {"loss": loss / denominator, "accuracy": correct / denominator, "loss_tokens": targets,
+                   "tokens": tokens}
 
 
 def train_step(state: TrainState, batch: dict, *, model_cfg: ModelConfig, tx: optax.GradientTransformation,

@@ -60,7 +60,7 @@ def vision_inputs(cfg: ModelConfig, pixel_values, image_grid_thw) -> tuple[np.nd
     layout = build_layout(grid, cfg.vision, window_bucket=window_bucket_for(num_windows(grid, cfg.vision)))
     padded = np.zeros((layout.num_slots, pixel_values.shape[1]), np.float32)
     padded[: pixel_values.shape[0]] = pixel_values
-    arrays = {"patch_index": layout.patch_index, "rope_hw": layout.rope_hw, "frame_id": layout.frame_id,
+    arrays = {"patch_index": layout.patch_index, "rope_hw": layout.rope_hw, "frame_windows": layout.frame_windows,
               "merged_order": layout.merged_order}
     return padded, arrays, layout.num_merged
 

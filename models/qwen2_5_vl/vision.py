@@ -46,23 +46,27 @@ class VisionTower(nnx.Module):
         )
 
 
-def _block(cfg: VisionConfig, x, bp, is_full, cos, sin, window_mask, full_mask, dtype):
+def _block(cfg: VisionConfig, x, bp, is_full, cos, sin, window_mask, frame_windows, dtype):
     bp = jax.tree.map(lambda a: a.astype(dtype), bp)
     s = x.shape[0]
     y = rms_norm(x, bp["norm1"], cfg.norm_eps)
     qkv = jnp.einsum("SD,DKNH->KSNH", y, bp["qkv_kernel"]) + bp["qkv_bias"][:, None]
-    q, k = apply_rope(qkv[0], cos, sin), apply_rope(qkv[1], cos, sin)
-    v = qkv[2]
     wp = cfg.window_patches
+    per_window = lambda a: a.reshape(s // wp, wp, *a.shape[1:])  # noqa: E731
+    q, k = per_window(apply_rope(qkv[0], cos, sin)), per_window(apply_rope(qkv[1], cos, sin))
+    v = per_window(qkv[2])
 
     def windowed(q, k, v):
-        split = lambda a: a.reshape(s // wp, wp, *a.shape[1:])  # noqa: E731
-        return attention(split(q), split(k), split(v), window_mask).reshape(q.shape)
+        return attention(q, k, v, window_mask)
 
     def full(q, k, v):
-        return attention(q[None], k[None], v[None], full_mask[None])[0]
+        # Each window's queries attend to every window of their frame (gathered), not the batch.
+        gather = lambda a: jnp.take(a, jnp.maximum(frame_windows, 0), axis=0).reshape(  # noqa: E731
+            a.shape[0], -1, *a.shape[2:])
+        key_valid = gather(window_mask[:, 0, :]) & jnp.repeat(frame_windows >= 0, wp, axis=1)
+        return attention(q, gather(k), gather(v), key_valid[:, None, :])
 
-    attn = jax.lax.cond(is_full, full, windowed, q, k, v)
+    attn = jax.lax.cond(is_full, full, windowed, q, k, v).reshape(s, *q.shape[2:])
     x = x + jnp.einsum("SNH,NHD->SD", attn, bp["proj_kernel"]) + bp["proj_bias"]
     y = rms_norm(x, bp["norm2"], cfg.norm_eps)
     act = activation(cfg.hidden_act)
@@ -75,7 +79,7 @@ def vision_hidden(cfg: VisionConfig, params: dict, pixel_values: jax.Array, layo
     """Output of the last vision block, one row per slot [S, hidden] (empty slots hold garbage).
 
     pixel_values: [P, patch_dim] rows as the image processor lays them out (P may be padded).
-    layout: the arrays of a VisionLayout (patch_index, rope_hw, frame_id, merged_order).
+    layout: the arrays of a VisionLayout (patch_index, rope_hw, frame_windows, merged_order).
     """
     patch_index = layout["patch_index"]
     valid = patch_index >= 0
@@ -86,13 +90,11 @@ def vision_hidden(cfg: VisionConfig, params: dict, pixel_values: jax.Array, layo
     cos, sin = vision_tables(layout["rope_hw"], cfg.head_dim, cfg.rope_theta)
     wp = cfg.window_patches
     window_mask = jnp.broadcast_to(valid.reshape(-1, 1, wp), (valid.shape[0] // wp, wp, wp))
-    frame = layout["frame_id"]
-    full_mask = (frame[:, None] == frame[None, :]) & valid[None, :]
     is_full = np.isin(np.arange(cfg.depth), cfg.fullatt_block_indexes)
 
     def body(x, xs):
         bp, full_flag = xs
-        return _block(cfg, x, bp, full_flag, cos, sin, window_mask, full_mask, dtype), None
+        return _block(cfg, x, bp, full_flag, cos, sin, window_mask, layout["frame_windows"], dtype), None
 
     x, _ = jax.lax.scan(body, x, (params["blocks"], jnp.asarray(is_full)))
     return x

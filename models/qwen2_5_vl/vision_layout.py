@@ -9,6 +9,8 @@ and the number of windows is padded to a bucket so varied image sizes reuse one 
 
 Merge units (2x2 patches) never straddle windows, so groups of 4 consecutive slots are exactly
 the merger's input groups; `merged_order` un-permutes the merged tokens back to image order.
+Full attention stays within a frame: each window lists the windows of its frame
+(`frame_windows`), so its cost grows with the largest image, not with the whole batch.
 """
 from __future__ import annotations
 
@@ -25,14 +27,16 @@ class VisionLayout:
 
     patch_index:  [S] row of `pixel_values` that fills each slot, -1 for an empty slot.
     rope_hw:      [S, 2] (row, col) of the slot's patch inside its image, for the 2-D RoPE.
-    frame_id:     [S] which frame the slot belongs to (full attention stays within a frame), -1 empty.
+    frame_windows: [num_windows, F] for each window, the windows of its frame (full attention
+                  attends to exactly these), -1 padded; F is the largest frame's window count
+                  rounded up to a power of two.
     merged_order: [M] for each merged output token in image order, its merged slot (slot // 4);
                   entries past `num_merged` repeat 0 and are ignored.
     num_merged:   real merged tokens (what the text sequence's image pads must count).
     """
     patch_index: np.ndarray
     rope_hw: np.ndarray
-    frame_id: np.ndarray
+    frame_windows: np.ndarray
     merged_order: np.ndarray
     num_merged: int
 
@@ -108,16 +112,16 @@ def build_layout(grid_thw: np.ndarray, cfg: VisionConfig, *, window_bucket: int 
     slots = window_bucket * wp
     patch_index = np.full(slots, -1, np.int32)
     rope_hw = np.zeros((slots, 2), np.int32)
-    frame_id = np.full(slots, -1, np.int32)
     merged_order = np.zeros(max(merged_bucket, 1), np.int32)
+    frame_ranges = []  # (first window, window count) of each frame
 
     win = cfg.window_merged
     window_slot = 0  # first slot of the current window
     merged_base = 0  # first merged-token index of the current image
-    frame = 0
     for t, h, w in grid:
         lh, lw = h // m, w // m
         for ti in range(t):
+            frame_ranges.append((window_slot // wp, -(-lh // win) * -(-lw // win)))
             for wy in range(0, lh, win):
                 for wx in range(0, lw, win):
                     slot = window_slot
@@ -129,9 +133,17 @@ def build_layout(grid_thw: np.ndarray, cfg: VisionConfig, *, window_bucket: int 
                             patch_index[slot:slot + unit] = rows
                             rope_hw[slot:slot + unit, 0] = my * m + np.arange(unit) // m
                             rope_hw[slot:slot + unit, 1] = mx * m + np.arange(unit) % m
-                            frame_id[slot:slot + unit] = frame
                             slot += unit
                     window_slot += wp
-            frame += 1
         merged_base += t * lh * lw
-    return VisionLayout(patch_index, rope_hw, frame_id, merged_order[:max(merged_bucket, 1)], num_merged)
+    return VisionLayout(patch_index, rope_hw, frame_windows(frame_ranges, window_bucket),
+                        merged_order[:max(merged_bucket, 1)], num_merged)
+
+
+def frame_windows(frame_ranges: list[tuple[int, int]], window_bucket: int) -> np.ndarray:
+    """[window_bucket, F] windows of each window's frame, -1 padded (empty windows: all -1)."""
+    widest = int(max((count for _, count in frame_ranges), default=1))
+    table = np.full((window_bucket, 1 << (widest - 1).bit_length()), -1, np.int32)
+    for first, count in frame_ranges:
+        table[first:first + count, :count] = np.arange(first, first + count)
+    return table

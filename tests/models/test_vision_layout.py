@@ -41,8 +41,17 @@ def test_slot_layout_is_window_order_with_gaps(grids):
     real = layout.patch_index[layout.patch_index >= 0]
     expected_rows = (index[:, None] * 4 + np.arange(4)).reshape(-1)
     np.testing.assert_array_equal(real, expected_rows)
-    starts = np.flatnonzero(np.diff(np.concatenate([[-1], layout.frame_id])) != 0)
-    assert all(s % CFG.window_patches == 0 for s in starts if layout.frame_id[s] >= 0)
+    # Every window's frame list is the run of windows holding that frame's patches.
+    window_rows = layout.patch_index.reshape(-1, CFG.window_patches)
+    frame_of_row = np.repeat(np.arange(grids[:, 0].sum()), np.repeat(grids.prod(-1) // grids[:, 0], grids[:, 0]))
+    for w, row in enumerate(window_rows):
+        frames = set(frame_of_row[row[row >= 0]])
+        if not frames:
+            assert (layout.frame_windows[w] == -1).all()
+            continue
+        assert len(frames) == 1
+        members = [v for v in range(len(window_rows)) if set(frame_of_row[window_rows[v][window_rows[v] >= 0]]) == frames]
+        assert sorted(layout.frame_windows[w][layout.frame_windows[w] >= 0]) == members
     n = layout.num_merged
     np.testing.assert_array_equal(np.sort(layout.merged_order[:n]), np.flatnonzero(layout.patch_index[::4] >= 0))
     # merged slot of image-order token u holds rows 4u..4u+3
