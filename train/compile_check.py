@@ -6,6 +6,8 @@ what one chip would need in HBM.
     python -m train.compile_check --config=configs/sft.py:7b --topology=v5e:4x4 --seq_len=16384 \
         --config.grad_accum_steps=16 --config.mesh_shape='(1,-1,1)'
 
+Exit status 2: the step does not fit in the HBM of one chip (the TPU compiler refuses it).
+
 The step is `train.step.jit_train_step` with the state and batch shardings of a real run on a mesh
 built from `config.mesh_shape` over the topology's devices. Nothing is allocated: the state and
 the batch are ShapeDtypeStructs carrying their shardings. The batch is the worst case a step sees:
@@ -145,8 +147,8 @@ def model_config(config) -> ModelConfig:
     return base.replace(dtype=config.dtype)
 
 
-def compile_step(config, devices, *, seq_len: int = 0, image_patches: int = 0):
-    """(compiled step, mesh, batch spec) for `config` on `devices` (e.g. a topology's)."""
+def lower_step(config, devices, *, seq_len: int = 0, image_patches: int = 0):
+    """(lowered train step, mesh, batch spec) for `config` on `devices` (e.g. a topology's)."""
     model_cfg = model_config(config)
     mesh = mesh_lib.make_mesh(config.mesh_shape, devices)
     mesh_lib.check_model_fits_mesh(model_cfg.text.num_heads, model_cfg.text.num_kv_heads, mesh)
@@ -159,7 +161,13 @@ def compile_step(config, devices, *, seq_len: int = 0, image_patches: int = 0):
     step = jit_train_step(model_cfg, tx, learning_rate_schedule(config), shardings, remat=config.remat,
                           num_blocks=num_blocks, loss_chunk=config.loss_chunk_tokens)
     state = abstract_state(model_cfg, tx, shardings, param_dtype)
-    return step.lower(state, abstract_batch(spec, mesh)).compile(), mesh, spec
+    return step.lower(state, abstract_batch(spec, mesh)), mesh, spec
+
+
+def out_of_memory(error: Exception) -> str | None:
+    """The TPU compiler's message when it refused a step for not fitting in HBM, else None."""
+    message = str(error)
+    return message if "RESOURCE_EXHAUSTED" in message else None
 
 
 def memory_report(compiled, device_kind: str) -> dict[str, float]:
@@ -180,10 +188,7 @@ def main(argv):
     config, topology = _CONFIG.value, _TOPOLOGY.value
     devices = topology_devices(topology)
     kind = devices[0].device_kind
-    start = time.perf_counter()
-    compiled, mesh, spec = compile_step(config, devices, seq_len=_SEQ_LEN.value, image_patches=_IMAGE_PATCHES.value)
-    seconds = time.perf_counter() - start
-    report = memory_report(compiled, kind)
+    lowered, mesh, spec = lower_step(config, devices, seq_len=_SEQ_LEN.value, image_patches=_IMAGE_PATCHES.value)
     data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
     print(f"topology {topology}: {len(devices)} chips ({kind}), "
           f"{len({d.process_index for d in devices})} hosts; mesh {dict(mesh.shape)}")
@@ -196,6 +201,18 @@ def main(argv):
               f"{spec.windows} windows (F={spec.frame_windows}) per micro-batch")
     else:
         print("images: none (text only)")
+    start = time.perf_counter()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if not out_of_memory(e):
+            raise
+        # The compiler stops at the first buffer assignment that exceeds HBM, so there is no
+        # breakdown; its message says how much the temporaries need.
+        print(f"DOES NOT FIT in {HBM_GIB.get(kind, '?')} GiB HBM per chip: {out_of_memory(e)}")
+        raise SystemExit(2) from None
+    seconds = time.perf_counter() - start
+    report = memory_report(compiled, kind)
     print(f"compiled in {seconds:.0f} s; memory per chip (GiB):")
     for key in ("argument", "output", "alias", "temp", "generated_code"):
         print(f"  {key:15s} {report[key]:8.2f}")
