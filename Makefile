@@ -24,5 +24,10 @@ setup: $(STAMP) sandbox-deps
 test: setup
 	$(PY) -m pytest -q tests
 
+# The main job on its embedded default: SFT of the tiny preset on synthetic multi-turn
+# code-use trajectories (a few minutes on a laptop CPU), from scratch each time.
+DEMO_DIR := workdir/demo_sft
 demo: setup
-	$(PY) -m codedance_jax.demo
+	rm -rf $(DEMO_DIR)
+	$(PY) -m train.sft --config=configs/sft.py:tiny --workdir=$(DEMO_DIR)
+	@echo "metrics: $(DEMO_DIR)/metrics.jsonl  curves: $(DEMO_DIR)/curves.png  model: $(DEMO_DIR)/export"
