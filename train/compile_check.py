@@ -6,7 +6,8 @@ what one chip would need in HBM.
     python -m train.compile_check --config=configs/sft.py:7b --topology=v5e:4x4 --seq_len=16384 \
         --config.grad_accum_steps=16 --config.mesh_shape='(1,-1,1)'
 
-Exit status 2: the step does not fit in the HBM of one chip (the TPU compiler refuses it).
+Exit status 2: the step does not fit in the HBM of one chip (the TPU compiler refuses it, or
+its memory analysis adds up to more than the chip's HBM).
 
 The step is `train.step.jit_train_step` with the state and batch shardings of a real run on a mesh
 built from `config.mesh_shape` over the topology's devices. Nothing is allocated: the state and
@@ -219,6 +220,8 @@ def main(argv):
     fits = "unknown HBM size" if math.isnan(report["hbm"]) else (
         "FITS" if report["total"] <= report["hbm"] else "DOES NOT FIT")
     print(f"  {'total':15s} {report['total']:8.2f} of {report['hbm']:.0f} GiB HBM: {fits}")
+    if fits == "DOES NOT FIT":
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":
