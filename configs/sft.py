@@ -57,6 +57,10 @@ def base() -> ml_collections.ConfigDict:
     c.plot_every = 50
     c.tensorboard = False
     c.distributed = False  # jax.distributed.initialize() for multi-host pods
+    # Only needed off TPU/SLURM (where JAX finds them itself), e.g. several CPU processes:
+    c.coordinator_address = ""  # "host:port" of process 0
+    c.num_processes = 0
+    c.process_id = -1
     return c
 
 

@@ -37,9 +37,9 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from codedance_jax import mesh as mesh_lib  # noqa: E402
-from models.qwen2_5_vl import get_preset  # noqa: E402
-from models.qwen2_5_vl.config import ModelConfig, load_config  # noqa: E402
+from models.qwen2_5_vl.config import ModelConfig  # noqa: E402
 from models.qwen2_5_vl.model import window_bucket_for  # noqa: E402
+from train.experiment import model_config  # noqa: E402
 from train.state import abstract_state, learning_rate_schedule, make_optimizer, state_shardings  # noqa: E402
 from train.step import jit_train_step  # noqa: E402
 
@@ -140,12 +140,6 @@ def topology_devices(name: str) -> list:
     except Exception as e:  # libtpu raises several error types for a bad name
         raise SystemExit(f"libtpu does not accept topology {name!r} ({type(e).__name__}: {e}); "
                          "use <version>:<chips per axis>, e.g. v5e:4x4, v5p:2x2x1, v6e:2x4") from None
-
-
-def model_config(config) -> ModelConfig:
-    """The architecture: from the initial checkpoint when there is one, else the preset."""
-    base = load_config(config.init_checkpoint) if config.init_checkpoint else get_preset(config.model_preset)
-    return base.replace(dtype=config.dtype)
 
 
 def lower_step(config, devices, *, seq_len: int = 0, image_patches: int = 0):

@@ -20,6 +20,9 @@ from models.qwen2_5_vl.vision_layout import build_layout, num_windows
 # Padding value of each input, when micro-batches are brought to one shape.
 _PAD = {"input_ids": 0, "attention_mask": 0, "positions": 0, "loss_mask": 0, "pixel_values": 0.0,
         "patch_index": -1, "rope_hw": 0, "frame_windows": -1, "merged_order": 0}
+# Rank of each stacked input (leading micro-batch axis included).
+_NDIM = {"input_ids": 3, "attention_mask": 3, "positions": 4, "loss_mask": 3, "pixel_values": 3,
+         "patch_index": 2, "rope_hw": 3, "frame_windows": 3, "merged_order": 2}
 
 
 def model_inputs(cfg: ModelConfig, batch: Batch, window_bucket: int | None = None) -> dict[str, np.ndarray]:
@@ -48,12 +51,39 @@ def stack_micro_batches(micro: Sequence[dict[str, np.ndarray]]) -> dict[str, np.
                                                         for k in template if k not in m}}
                  for m in micro]
         keys = set(template)
-    stacked = {}
-    for key in keys:
-        shape = np.max([m[key].shape for m in micro], axis=0)
-        stacked[key] = np.stack([np.pad(m[key], [(0, n - d) for n, d in zip(shape, m[key].shape)],
-                                        constant_values=_PAD[key]) for m in micro])
-    return stacked
+    return {key: np.stack([_pad_to(key, m[key], np.max([m[key].shape for m in micro], axis=0)) for m in micro])
+            for key in keys}
+
+
+def _pad_to(key: str, array: np.ndarray, shape) -> np.ndarray:
+    return np.pad(array, [(0, n - d) for n, d in zip(shape, array.shape)], constant_values=_PAD[key])
+
+
+def agree_across_processes(stacked: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Pads each process's stacked inputs to the largest shape any process has.
+
+    Every process must run the same compiled step, but each picks its buckets from its own data;
+    one small all-gather of the shapes per step makes them agree. No-op on one process.
+    """
+    if jax.process_count() == 1:
+        return stacked
+    from jax.experimental import multihost_utils
+
+    keys = sorted(_NDIM)
+    shapes = np.zeros((len(keys), max(_NDIM.values())), np.int64)
+    for i, key in enumerate(keys):
+        if key in stacked:
+            shapes[i, : stacked[key].ndim] = stacked[key].shape
+    target = np.asarray(multihost_utils.process_allgather(shapes)).max(axis=0)
+    agreed = {}
+    for i, key in enumerate(keys):
+        shape = tuple(target[i, : _NDIM[key]])
+        if not all(shape):
+            continue  # no process has images this step: nobody runs the vision tower
+        dtype = np.float32 if key == "pixel_values" else np.int32
+        local = stacked.get(key, np.full((0,) * _NDIM[key], _PAD[key], dtype))
+        agreed[key] = _pad_to(key, local, shape)
+    return agreed
 
 
 def global_batch(stacked: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:

@@ -19,9 +19,8 @@ from codedance_jax import mesh as mesh_lib
 from codedance_jax.data.pipeline import make_sft_iterator
 from codedance_jax.processing.image import ImageProcessingConfig
 from codedance_jax.processing.tokenizer import load_tokenizer
-from models.qwen2_5_vl import get_preset
-from models.qwen2_5_vl.config import load_config
 from train import inputs as inputs_lib
+from train.experiment import data_source, initialize_distributed, micro_batch_rows, model_config
 from train.loop import run_training
 from train.state import abstract_state, init_state, learning_rate_schedule, make_optimizer, state_shardings
 from train.step import jit_train_step
@@ -31,53 +30,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
 
 
-def model_config(config):
-    """The architecture: from the initial checkpoint when there is one, else the preset."""
-    base = load_config(config.init_checkpoint) if config.init_checkpoint else get_preset(config.model_preset)
-    return base.replace(dtype=config.dtype)
-
-
-def micro_batch_rows(config, mesh) -> int:
-    """Rows of one micro-batch on this process; refuses batch sizes the mesh cannot split."""
-    if config.batch_size % config.grad_accum_steps:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by grad_accum_steps "
-                         f"{config.grad_accum_steps}")
-    micro = config.batch_size // config.grad_accum_steps
-    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-    if micro % data_parallel:
-        raise ValueError(f"micro-batch of {micro} rows (batch_size / grad_accum_steps) is not divisible by the "
-                         f"data-parallel mesh size {data_parallel} (data x fsdp)")
-    if micro % jax.process_count():
-        raise ValueError(f"micro-batch of {micro} rows is not divisible by {jax.process_count()} processes")
-    if jax.process_count() > 1 and len(config.length_buckets) != 1:
-        raise ValueError("multi-host runs need a single length bucket (config.length_buckets), "
-                         "so every process builds batches of the same shape")
-    return micro // jax.process_count()
-
-
-def data_source(config):
-    """Random-access raw records: synthetic, a TFDS array_record build, or a record file."""
-    data = config.data
-    if data.source == "synthetic":
-        from codedance_jax.data.synthetic import synthetic_records
-        return synthetic_records(data.num_synthetic, seed=data.seed)
-    if not data.source:
-        raise ValueError("config.data.source is empty: give 'synthetic' or a .jsonl/.parquet record file")
-    if data.tfds_dir:
-        from codedance_jax.data.tfds_builder import build_array_record_dataset, open_data_source
-        build_array_record_dataset(data.source, data.tfds_dir)
-        return open_data_source(data.tfds_dir)
-    from codedance_jax.data.records import read_raw_records
-    return list(read_raw_records(data.source))
-
-
 def main(argv):
     del argv
     config, workdir = _CONFIG.value, _WORKDIR.value
     if not workdir:
         raise app.UsageError("--workdir is required")
     if config.distributed:
-        jax.distributed.initialize()
+        initialize_distributed(config)
     os.makedirs(workdir, exist_ok=True)
     model_cfg = model_config(config)
     mesh = mesh_lib.make_mesh(config.mesh_shape)
@@ -100,7 +59,8 @@ def main(argv):
 
     def next_batch():
         micro = [inputs_lib.model_inputs(model_cfg, next(batches).inputs) for _ in range(config.grad_accum_steps)]
-        return inputs_lib.global_batch(inputs_lib.stack_micro_batches(micro), mesh)
+        stacked = inputs_lib.agree_across_processes(inputs_lib.stack_micro_batches(micro))
+        return inputs_lib.global_batch(stacked, mesh)
 
     def fresh_state():
         return init_state(model_cfg, tx, shardings, seed=config.seed, param_dtype=param_dtype,

@@ -13,7 +13,7 @@ from configs.sft import get_config
 from models.qwen2_5_vl import Qwen2_5_VL, get_preset
 from models.qwen2_5_vl import model as model_lib
 from train.losses import cross_entropy_sum, shifted_targets
-from train.sft import micro_batch_rows
+from train.experiment import micro_batch_rows
 
 TINY = get_preset("tiny")
 
