@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.qwen2_5_vl.config import TextConfig
-from models.qwen2_5_vl.layers import activation, apply_rope, attention, param, rms_norm
+from models.qwen2_5_vl.layers import activation, apply_rope, attention, causal_attention, param, rms_norm
 from models.qwen2_5_vl.rope import mrope_tables
 
 
@@ -78,7 +78,9 @@ def merge_image_features(embeds: jax.Array, input_ids: jax.Array, image_token_id
     return jnp.where(is_image[..., None], gathered.astype(embeds.dtype), embeds)
 
 
-def _layer(cfg: TextConfig, lp: dict, h, cos, sin, mask, dtype, cache_kv=None, write_at=None):
+def _layer(cfg: TextConfig, lp: dict, h, cos, sin, attend, dtype, cache_kv=None, write_at=None):
+    """One decoder layer; `attend(q, k, v)` is the attention (causal over the sequence, or over
+    the cache)."""
     lp = jax.tree.map(lambda a: a.astype(dtype), lp)
     x = rms_norm(h, lp["input_norm"], cfg.rms_norm_eps)
     q = jnp.einsum("BTD,DNH->BTNH", x, lp["q_kernel"]) + lp["q_bias"]
@@ -90,7 +92,7 @@ def _layer(cfg: TextConfig, lp: dict, h, cos, sin, mask, dtype, cache_kv=None, w
         k = write(cache_kv[0], k.astype(cache_kv[0].dtype), write_at)
         v = write(cache_kv[1], v.astype(cache_kv[1].dtype), write_at)
         cache_kv = (k, v)
-    attn = attention(q, k.astype(dtype), v.astype(dtype), mask)
+    attn = attend(q, k.astype(dtype), v.astype(dtype))
     h = h + jnp.einsum("BTNH,NHD->BTD", attn, lp["o_kernel"])
     x = rms_norm(h, lp["post_norm"], cfg.rms_norm_eps)
     gated = activation(cfg.hidden_act)(x @ lp["gate_kernel"]) * (x @ lp["up_kernel"])
@@ -102,10 +104,8 @@ def forward_hidden(cfg: TextConfig, params: dict, embeds: jax.Array, positions: 
     """Full causal forward. embeds [B, L, D], positions [3, B, L], attention_mask [B, L] (1 = real).
     Returns final-normed hidden states [B, L, D]."""
     cos, sin = mrope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
-    length = embeds.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), bool))
-    mask = causal[None] & attention_mask.astype(bool)[:, None, :]
-    layer = functools.partial(_layer, cfg, cos=cos, sin=sin, mask=mask, dtype=dtype)
+    attend = functools.partial(causal_attention, key_valid=attention_mask.astype(bool))
+    layer = functools.partial(_layer, cfg, cos=cos, sin=sin, attend=attend, dtype=dtype)
     if remat:
         layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)
 
@@ -129,7 +129,8 @@ def forward_with_cache(cfg: TextConfig, params: dict, embeds: jax.Array, positio
     key_pos = jnp.arange(cache.max_len)
     query_pos = cache.lengths[:, None] + jnp.arange(t)[None, :]  # [B, T]
     mask = key_pos[None, None, :] <= query_pos[:, :, None]  # causal over the cache
-    layer = functools.partial(_layer, cfg, cos=cos, sin=sin, mask=mask, dtype=dtype, write_at=cache.lengths)
+    layer = functools.partial(_layer, cfg, cos=cos, sin=sin, attend=lambda q, k, v: attention(q, k, v, mask),
+                              dtype=dtype, write_at=cache.lengths)
 
     def body(h, xs):
         lp, k, v = xs
