@@ -156,6 +156,8 @@ def filesystem_plan() -> list:
         path = "/etc/" + name
         if os.path.exists(path):
             plan.append(("ro-bind", os.path.realpath(path), path))
+    # /tmp first, so interpreter roots that live below it (a checkout in /tmp) are bound on top.
+    plan.append(("tmpfs", None, "/tmp"))
     roots = python_roots()
     # Parents of the binds are created traversable but not listable, whatever their mode
     # on the host (/root is 0700 there, and the base Python may live below it).
@@ -163,9 +165,9 @@ def filesystem_plan() -> list:
                      key=lambda path: path.count("/"))
     plan += [("dir", None, parent) for parent in parents if not parent.startswith("/usr")]
     plan += [("ro-bind", root, root) for root in roots]
-    plan += [("dev", None, "/dev"), ("proc", None, "/proc"), ("tmpfs", None, "/tmp"),
-             ("dir", None, SESSION_ROOT)]
+    plan += [("dev", None, "/dev"), ("proc", None, "/proc"), ("dir", None, SESSION_ROOT)]
     return plan
+
 
 
 def bwrap_argv(path: str) -> list:
@@ -263,10 +265,28 @@ def setup_session_mounts(uid: int, limits) -> None:
     for path in (SESSION_WORKDIR, SESSION_TMP):
         os.mkdir(path, 0o700)
         os.chown(path, uid, uid)
-    linux.mount(SESSION_TMP, "/tmp", None, linux.MS_BIND)
+    _bind_session_tmp()
     # A proc of the session's own pid namespace: user code sees only its own processes.
     linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
     linux.sethostname("sandbox")
+
+
+def _bind_session_tmp() -> None:
+    """Puts the session's own tmp at /tmp. Interpreter roots that live below /tmp (a checkout in
+    /tmp) would be hidden by it, so they are carried over: bound to a stash first, re-bound
+    read-only at their path inside the new /tmp, and the stash detached."""
+    hidden = [root for root in python_roots() if root == "/tmp" or root.startswith("/tmp/")]
+    stashes = []
+    for i, root in enumerate(hidden):
+        stash = os.path.join(SESSION_ROOT, f".root{i}")
+        os.mkdir(stash, 0o700)
+        linux.mount(root, stash, None, linux.MS_BIND | linux.MS_REC)
+        stashes.append(stash)
+    linux.mount(SESSION_TMP, "/tmp", None, linux.MS_BIND)
+    for root, stash in zip(hidden, stashes):
+        _bind_readonly(stash, root)
+        linux.umount(stash, linux.MNT_DETACH)
+        os.rmdir(stash)
 
 
 def address_space_in_use() -> int:
