@@ -113,7 +113,8 @@ class _Zygote:
         try:
             self.request({"op": "kill", "pid": pid})
         except SandboxError:
-            pass  # the zygote is gone, and with it every session it started
+            # The zygote is gone, and with it every session it started.
+            pass
 
     def alive(self) -> bool:
         return self.process.poll() is None

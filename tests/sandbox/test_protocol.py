@@ -24,7 +24,7 @@ def test_frames_round_trip_byte_by_byte():
 
 
 @pytest.mark.parametrize("data, message", [
-    (b"XXXX\0\0\0\2{}", "magic"),
+    (b"ZZZZ\0\0\0\2{}", "magic"),
     (b"CDSB\0\1\0\0", "exceeds"),
     (b"CDSB\0\0\0\3[1]", "object"),
     (b"CDSB\0\0\0\2{]", "JSON"),
