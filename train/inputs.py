@@ -40,19 +40,20 @@ def model_inputs(cfg: ModelConfig, batch: Batch, window_bucket: int | None = Non
 
 
 def stack_micro_batches(micro: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Pads micro-batches to a common shape and stacks them on a new leading axis."""
-    keys = set(micro[0])
-    with_images = [m for m in micro if "pixel_values" in m]
-    if with_images and len(with_images) != len(micro):
-        # A text-only micro-batch next to ones with images gets an empty vision layout.
-        template = with_images[0]
-        micro = [m if "pixel_values" in m else {**m, **{k: np.full((0, *template[k].shape[1:]), _PAD[k],
-                                                                  template[k].dtype)
-                                                        for k in template if k not in m}}
-                 for m in micro]
-        keys = set(template)
-    return {key: np.stack([_pad_to(key, m[key], np.max([m[key].shape for m in micro], axis=0)) for m in micro])
-            for key in keys}
+    """Pads micro-batches to a common shape and stacks them on a new leading axis. A text-only
+    micro-batch next to ones with images gets an empty (all padding) vision layout."""
+    keys = set().union(*micro)
+    stacked = {}
+    for key in keys:
+        arrays = [m.get(key, _empty(key, stacked_rank=False)) for m in micro]
+        shape = np.max([a.shape for a in arrays], axis=0)
+        stacked[key] = np.stack([_pad_to(key, a, shape) for a in arrays])
+    return stacked
+
+
+def _empty(key: str, stacked_rank: bool) -> np.ndarray:
+    rank = _NDIM[key] - (0 if stacked_rank else 1)
+    return np.zeros((0,) * rank, np.float32 if key == "pixel_values" else np.int32)
 
 
 def _pad_to(key: str, array: np.ndarray, shape) -> np.ndarray:
@@ -80,9 +81,7 @@ def agree_across_processes(stacked: dict[str, np.ndarray]) -> dict[str, np.ndarr
         shape = tuple(target[i, : _NDIM[key]])
         if not all(shape):
             continue  # no process has images this step: nobody runs the vision tower
-        dtype = np.float32 if key == "pixel_values" else np.int32
-        local = stacked.get(key, np.full((0,) * _NDIM[key], _PAD[key], dtype))
-        agreed[key] = _pad_to(key, local, shape)
+        agreed[key] = _pad_to(key, stacked.get(key, _empty(key, stacked_rank=True)), shape)
     return agreed
 
 

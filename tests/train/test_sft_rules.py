@@ -80,3 +80,18 @@ def test_bad_meshes_and_batches_are_refused_by_name():
     config.grad_accum_steps = 4
     with pytest.raises(ValueError, match="batch_size 6 is not divisible by grad_accum_steps 4"):
         micro_batch_rows(config, mesh_lib.make_mesh((1, 4, 2)))
+
+
+def test_text_only_micro_batch_stacks_with_image_ones():
+    from train.inputs import stack_micro_batches
+    tokens = {k: np.ones((2, 8), np.int32) for k in ("input_ids", "attention_mask", "loss_mask")}
+    text_only = {**tokens, "positions": np.zeros((3, 2, 8), np.int32)}
+    with_image = {**{k: np.ones((2, 16), np.int32) for k in tokens}, "positions": np.zeros((3, 2, 16), np.int32),
+                  "pixel_values": np.ones((4, 1176), np.float32), "patch_index": np.arange(64, dtype=np.int32),
+                  "rope_hw": np.ones((64, 2), np.int32), "frame_windows": np.zeros((1, 1), np.int32),
+                  "merged_order": np.zeros(16, np.int32)}
+    stacked = stack_micro_batches([text_only, with_image])
+    assert stacked["input_ids"].shape == (2, 2, 16) and stacked["positions"].shape == (2, 3, 2, 16)
+    assert (stacked["input_ids"][0, :, 8:] == 0).all() and (stacked["attention_mask"][0, :, 8:] == 0).all()
+    assert stacked["pixel_values"].shape == (2, 4, 1176) and not stacked["pixel_values"][0].any()
+    assert (stacked["patch_index"][0] == -1).all() and (stacked["frame_windows"][0] == -1).all()
