@@ -25,7 +25,7 @@ _NDIM = {"input_ids": 3, "attention_mask": 3, "positions": 4, "loss_mask": 3, "p
          "patch_index": 2, "rope_hw": 3, "frame_windows": 3, "merged_order": 2}
 
 
-def model_inputs(cfg: ModelConfig, batch: Batch, window_bucket: int | None = None) -> dict[str, np.ndarray]:
+def model_inputs(cfg: ModelConfig, batch: Batch) -> dict[str, np.ndarray]:
     """One micro-batch as flat numpy arrays: token arrays [B, L] (positions [3, B, L]) and, when
     the batch has images, pixel rows and the vision layout (see models/qwen2_5_vl/vision_layout)."""
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
@@ -33,7 +33,7 @@ def model_inputs(cfg: ModelConfig, batch: Batch, window_bucket: int | None = Non
     grids = batch.image_grid_thw
     if len(grids):
         windows = num_windows(grids, cfg.vision)
-        layout = build_layout(grids, cfg.vision, window_bucket=window_bucket or window_bucket_for(windows))
+        layout = build_layout(grids, cfg.vision, window_bucket=window_bucket_for(windows))
         inputs.update(pixel_values=batch.pixel_values, patch_index=layout.patch_index, rope_hw=layout.rope_hw,
                       frame_windows=layout.frame_windows, merged_order=layout.merged_order)
     return inputs

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from codedance_jax.processing.batching import choose_bucket
 from codedance_jax.processing.rope_index import get_rope_index
 from models.qwen2_5_vl import text, vision
 from models.qwen2_5_vl.config import ModelConfig, load_config
@@ -19,13 +20,6 @@ from models.qwen2_5_vl.vision_layout import build_layout, num_windows, validate_
 
 PARAMS_SUBDIR = "params"
 DEFAULT_LENGTH_BUCKETS = tuple(2**i for i in range(6, 18))  # 64 .. 131072
-
-
-def bucket_for(size: int, buckets: tuple[int, ...], what: str) -> int:
-    for b in buckets:
-        if b >= size:
-            return b
-    raise ValueError(f"{what} of {size} exceeds the largest bucket {buckets[-1]}")
 
 
 def window_bucket_for(windows: int) -> int:
@@ -41,7 +35,6 @@ class ModelInputs:
     positions: np.ndarray          # [3, B, L] int32
     pixel_values: np.ndarray | None  # [S, patch_dim] float32, S = slots of the vision layout
     vision_layout: dict | None     # arrays of a VisionLayout
-    num_image_tokens: int = 0
 
     def as_jax_tree(self) -> dict:
         tree = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "positions": self.positions}
@@ -88,13 +81,13 @@ def prepare_inputs(cfg: ModelConfig, input_ids, pixel_values=None, image_grid_th
                                   image_token_id=cfg.image_token_id,
                                   vision_start_token_id=cfg.vision_start_token_id,
                                   video_token_id=cfg.video_token_id)
-    padded_len = bucket_for(length, length_buckets, "sequence length")
+    padded_len = choose_bucket(length, length_buckets, "sequence length")
     pad = ((0, 0), (0, padded_len - length))
     return ModelInputs(
         input_ids=np.pad(ids.astype(np.int32), pad),
         attention_mask=np.pad(mask, pad),
         positions=np.pad(positions, ((0, 0), *pad)),
-        pixel_values=pixels, vision_layout=layout, num_image_tokens=n_features)
+        pixel_values=pixels, vision_layout=layout)
 
 
 def embed_inputs(cfg: ModelConfig, params: dict, inputs: dict) -> jax.Array:

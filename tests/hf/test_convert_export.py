@@ -1,7 +1,6 @@
 """HF checkpoints in and out: round trip, sharding, dtypes, bad input, key-table coverage."""
 import json
 import os
-import shutil
 
 import ml_dtypes  # noqa: F401
 import numpy as np
