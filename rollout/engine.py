@@ -432,10 +432,12 @@ class Engine:
         images, call.notes = usable_images(pngs, cfg.max_images - len(trajectory.images), cfg.image_config)
         call.num_images = len(images)
         trajectory.tool_calls.append(call)
-        # The images passed the processor's checks and code output is sanitised: rendering cannot fail.
-        rendered = render_tool_turn(call, images, self.tokenizer, cfg.tool_format, cfg.image_config,
-                                    last_turn=trajectory.num_turns == cfg.max_turns - 1)
-        pixels, grids = preprocess_images(rendered.images, cfg.image_config)
+        try:  # whatever a snippet printed ends only its own trajectory, never the batch
+            rendered = render_tool_turn(call, images, self.tokenizer, cfg.tool_format, cfg.image_config,
+                                        last_turn=trajectory.num_turns == cfg.max_turns - 1)
+            pixels, grids = preprocess_images(rendered.images, cfg.image_config)
+        except (ValueError, TypeError) as err:
+            return self._finish(slot, slots, traj_lib.FINISH_TOOL_UNRENDERABLE, f"{type(err).__name__}: {err}")
         new_ids = self._closers[slot.pending == self.im_end_id] + rendered.input_ids.tolist()
         # Leave room for at least one generated token after the tool turn.
         room = min(cfg.max_tool_tokens - slot.tool_tokens, cfg.max_response_tokens - trajectory.response_length - 1,

@@ -18,6 +18,7 @@ FINISH_VISION_TOKEN = "model_emitted_vision_token"  # dropped; the model may not
 FINISH_PROMPT_TOO_LONG = "prompt_too_long"
 FINISH_BAD_PROMPT = "bad_prompt"              # the prompt could not be rendered (detail says why)
 FINISH_NO_SANDBOX = "no_sandbox"              # a tool call but the engine has no interpreter pool
+FINISH_TOOL_UNRENDERABLE = "tool_turn_unrenderable"  # the tool result could not be tokenised
 
 # Outcome of one tool call; everything but OK counts as a failed call for rewards.
 TOOL_OK, TOOL_ERROR, TOOL_TIMEOUT, TOOL_PARSE_ERROR = "ok", "error", "timeout", "parse_error"
