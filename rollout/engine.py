@@ -17,7 +17,7 @@ import dataclasses
 import io
 import itertools
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -174,6 +174,7 @@ class Engine:
         self._name = f"rollout{next(self._instances)}"
         self._sessions = itertools.count()
         self.stats = EngineStats()
+        self._on_finish = None
 
     @property
     def cache_nbytes(self) -> int:
@@ -184,10 +185,13 @@ class Engine:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def generate(self, requests: Sequence[Request], params: dict | None = None) -> list[Trajectory]:
+    def generate(self, requests: Sequence[Request], params: dict | None = None,
+                 on_finish: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
         """Runs every request to completion; trajectories come back in request order.
-        params: weights to sample with (default: the model's at construction)."""
+        params: weights to sample with (default: the model's at construction).
+        on_finish: called with each trajectory as soon as it ends (e.g. to save it before the rest finish)."""
         params = self.params if params is None else params
+        self._on_finish = on_finish
         queue = collections.deque(enumerate(requests))
         results: list[Trajectory | None] = [None] * len(requests)
         slots: list[_Slot | None] = [None] * self.config.num_slots
@@ -368,20 +372,17 @@ class Engine:
                 resize_for_model(rendered.images[0], cfg.image_config).save(jpeg, format="JPEG", quality=95)
                 files = {INPUT_IMAGE_FILE: jpeg.getvalue()}
         except (ValueError, TypeError, OSError) as err:
-            trajectory.finish(traj_lib.FINISH_BAD_PROMPT, str(err))
-            return None
+            return self._end(trajectory, traj_lib.FINISH_BAD_PROMPT, str(err))
         ids = rendered.input_ids.tolist()
         trajectory.add(ids, False)
         trajectory.prompt_length = len(ids)
         trajectory.add_images(rendered.images, grids)
         if len(ids) >= cfg.max_context:
-            trajectory.finish(traj_lib.FINISH_PROMPT_TOO_LONG,
-                              f"{len(ids)} prompt tokens; the context holds {cfg.max_context}")
-            return None
+            return self._end(trajectory, traj_lib.FINISH_PROMPT_TOO_LONG,
+                             f"{len(ids)} prompt tokens; the context holds {cfg.max_context}")
         if len(rendered.images) > cfg.max_images:
-            trajectory.finish(traj_lib.FINISH_BAD_PROMPT,
-                              f"{len(rendered.images)} images; at most {cfg.max_images} are allowed")
-            return None
+            return self._end(trajectory, traj_lib.FINISH_BAD_PROMPT,
+                             f"{len(rendered.images)} images; at most {cfg.max_images} are allowed")
         stops = tuple(cfg.stop_strings if request.stop_strings is None else request.stop_strings)
         slot = _Slot(index=index, trajectory=trajectory, stop_strings=stops,
                      sampling=request.sampling or cfg.sampling,
@@ -454,9 +455,14 @@ class Engine:
         return slot, start, self._continue_with(slot, segment_ids, positions, pixels, grids)
 
     def _finish(self, slot: _Slot, slots, reason: str, detail: str = "") -> None:
-        slot.trajectory.finish(reason, detail)
         self._close_session(slot)
         slots[slot.index] = None
+        self._end(slot.trajectory, reason, detail)
+
+    def _end(self, trajectory: Trajectory, reason: str, detail: str = "") -> None:
+        trajectory.finish(reason, detail)
+        if self._on_finish is not None:
+            self._on_finish(trajectory)
 
     def _close_session(self, slot: _Slot) -> None:
         if slot.submitted:
