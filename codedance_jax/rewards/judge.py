@@ -22,6 +22,8 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from codedance_jax.rewards.match import ground_truths
+
 DEFAULT_PROMPT = (
     "You check answers to questions about images. Decide whether the model's answer means the same as "
     "the reference answer; wording, articles, units written out and added explanation do not matter, a "
@@ -104,7 +106,8 @@ class Judge:
 
     def verdicts(self, queries: Sequence[tuple[str, str, object]]) -> list[bool | None]:
         """Verdicts for (question, prediction, ground_truth) triples, asked concurrently."""
-        prompts = [self.config.prompt.format(question=q, prediction=p, ground_truth=g) for q, p, g in queries]
+        prompts = [self.config.prompt.format(question=q, prediction=p, ground_truth=" or ".join(ground_truths(g)))
+                   for q, p, g in queries]
         unique = list(dict.fromkeys(prompts))
         with ThreadPoolExecutor(max_workers=max(1, min(self.config.concurrency, len(unique)))) as pool:
             answers = dict(zip(unique, pool.map(self._ask, unique)))

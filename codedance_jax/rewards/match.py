@@ -11,9 +11,10 @@ rules run in this order, and the first that applies decides:
    (normalised, or the same number) -> "choice_text". A prediction that picks no option is compared
    with the correct option's text by the rules below. Without options, a ground truth that is a
    bare letter ("B", "(B)") is matched against the prediction's letter when it states one.
-2. math (task "math" only): math-verify equality ("\\frac{1}{2}" = "0.5", "x+1" = "1+x")
-   -> "math_verify"; when it says no, the rules below still run.
-3. numeric: both are whole-string numbers (`parse_number`) -> equal within `rel_tol` -> "numeric".
+2. numeric: both are whole-string numbers (`parse_number`: "1,234", "45%", "3/4", "12 cm") ->
+   equal within `rel_tol` -> "numeric".
+3. math (task "math" only): math-verify equality ("\\frac{1}{2}" = "0.5", "x+1" = "1+x")
+   -> "math_verify"; when it says no, the string rule still runs.
 4. string: equal after `normalize_text` -> "string".
 
 An incorrect result names the most specific rule that applied ("numeric" when both were numbers,
@@ -38,6 +39,7 @@ CHOICE_LETTER, CHOICE_TEXT = "choice_letter", "choice_text"
 MATH_VERIFY, NUMERIC, STRING, NO_ANSWER = "math_verify", "numeric", "string", "no_answer"
 
 _LETTER = r"\(?([A-Z])\)?"
+_BARE_LETTER = r"\(?[A-Z]\)?\.?"
 _LETTER_FORMS = (
     re.compile(rf"^{_LETTER}[.:)]?$"),                                  # A  (A)  A.  A)
     re.compile(rf"^(?i:(?:the\s+)?(?:final\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:：]?)\s*{_LETTER}[.)]?$"),
@@ -46,7 +48,8 @@ _LETTER_FORMS = (
 
 
 class GroundTruthError(ValueError):
-    """A ground truth that cannot be matched against (missing, empty, NaN, or of another type)."""
+    """A ground truth that cannot be matched against: missing, empty, NaN, of another type, or a
+    letter that names none of the options."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +58,13 @@ class Match:
     rule: str
 
 
-def ground_truths(ground_truth) -> list[str]:
-    """The acceptable answers of a ground truth (str, int/float, or a list of those) as strings."""
+def ground_truths(ground_truth, options: Sequence[str] | None = None) -> list[str]:
+    """The acceptable answers of a ground truth (str, int/float, or a list of those) as strings;
+    with `options`, a bare letter must name one of them."""
     if isinstance(ground_truth, (list, tuple)):
         if not ground_truth:
             raise GroundTruthError("ground truth is an empty list")
-        return [answer for item in ground_truth for answer in ground_truths(item)]
+        return [answer for item in ground_truth for answer in ground_truths(item, options)]
     if isinstance(ground_truth, bool) or not isinstance(ground_truth, (str, int, float)):
         raise GroundTruthError(f"ground truth of type {type(ground_truth).__name__} "
                                "(expected str, int, float or a list of those)")
@@ -69,6 +73,8 @@ def ground_truths(ground_truth) -> list[str]:
     text = str(ground_truth).strip()
     if not text:
         raise GroundTruthError("ground truth is empty")
+    if options and re.fullmatch(_BARE_LETTER, text) and choice_index(text, options) is None:
+        raise GroundTruthError(f"ground truth {text!r} names none of the {len(options)} options")
     return [text]
 
 
@@ -119,14 +125,14 @@ def _match_one(prediction: str, truth: str, options, task: str, rel_tol: float) 
             if picked is not None:
                 return Match(picked == gold, CHOICE_TEXT)
             truth = option_text(options[gold], gold)
-    elif re.fullmatch(r"\(?[A-Z]\)?\.?", truth):
+    elif re.fullmatch(_BARE_LETTER, truth):
         letter = choice_letter(prediction)
         if letter is not None:
             return Match(letter == choice_letter(truth), CHOICE_LETTER)
-    if task == MATH and math_equal(prediction, truth):
-        return Match(True, MATH_VERIFY)
     if parse_number(prediction) is not None and parse_number(truth) is not None:
         return Match(numbers_match(prediction, truth, rel_tol), NUMERIC)
+    if task == MATH and math_equal(prediction, truth):
+        return Match(True, MATH_VERIFY)
     if normalize_text(prediction) == normalize_text(truth):
         return Match(True, STRING)
     return Match(False, MATH_VERIFY if task == MATH else STRING)
@@ -136,7 +142,7 @@ def match_answer(prediction: str | None, ground_truth, options: Sequence[str] | 
                  task: str = GENERAL, rel_tol: float = DEFAULT_REL_TOL) -> Match:
     """Whether `prediction` answers `ground_truth`, and which rule decided (see the module doc)."""
     check_task(task)
-    truths = ground_truths(ground_truth)
+    truths = ground_truths(ground_truth, options)
     if prediction is None or not prediction.strip():
         return Match(False, NO_ANSWER)
     first = None

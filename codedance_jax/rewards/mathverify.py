@@ -6,9 +6,11 @@ timeouts stay on (TIMEOUT_S), elsewhere they are off and the input length bound 
 keeps sympy from stalling on an adversarial answer. A bare answer ("x+1", "\\frac12") is read as
 LaTeX math by wrapping it in `$...$`; text that already has `$` or `\\boxed` is parsed as it is.
 math-verify is imported on first use: it pulls in sympy, which the rest of rewards does not need.
+Results are cached by (prediction, ground truth).
 """
 from __future__ import annotations
 
+import functools
 import threading
 
 TIMEOUT_S = 5
@@ -22,6 +24,7 @@ def _parse(text: str, timeout: int | None):
     return parse(text, parsing_timeout=timeout)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a GRPO group often repeats an answer; parsing dominates
 def math_equal(prediction: str, ground_truth: str) -> bool:
     """True when math-verify finds the prediction equal to the ground truth."""
     from math_verify import verify

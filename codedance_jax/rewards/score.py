@@ -18,7 +18,8 @@ from codedance_jax.rewards.match import MATH_VERIFY, NO_ANSWER, STRING, ground_t
 # (accuracy weight, format penalty) per task.
 BASE_WEIGHTS = {GENERAL: (1.0, 0.2), MATH: (1.2, 0.4)}
 JUDGE = "judge"
-_JUDGED_RULES = (STRING, MATH_VERIFY)
+# Verdicts a judge may overturn: free-form text the rules found different (choices and numbers stay).
+JUDGED_RULES = (STRING, MATH_VERIFY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,7 @@ def _scored(acc: int, answer, rule: str, reasons: tuple[str, ...], task: str) ->
 
 def score_by_rules(response: str | Sequence[str], ground_truth, task: str = GENERAL,
                    options: Sequence[str] | None = None) -> Score:
-    ground_truths(ground_truth)  # a bad ground truth is refused even when the response has no answer
+    ground_truths(ground_truth, options)  # a bad ground truth is refused even when the response has no answer
     text = response_text(response)
     answer = extract_answer(text, task)
     reasons = format_errors(text, answer, task)
@@ -56,7 +57,7 @@ def score_by_rules(response: str | Sequence[str], ground_truth, task: str = GENE
 
 def needs_judge(score: Score) -> bool:
     """Whether a judge may overturn this score: a free-form answer the rules called wrong."""
-    return not score.acc and score.answer is not None and score.rule in _JUDGED_RULES \
+    return not score.acc and score.answer is not None and score.rule in JUDGED_RULES \
         and ANSWER_TOO_LONG not in score.format_reasons
 
 

@@ -99,12 +99,17 @@ def test_judge_decides_only_free_form_answers_the_rules_call_wrong(server):
     refused = rewards.score_response("<answer>blue</answer>", "pink", judge=judge)
     assert (refused.acc, refused.rule) == (0, "judge")
     assert server.requests == 2
+    # A list of acceptable answers reaches the judge as alternatives.
+    server.accept["magenta or pink"] = {"pink colour"}
+    listed = rewards.score_response("<answer>pink colour</answer>", ["magenta", "pink"], judge=judge)
+    assert (listed.acc, listed.rule) == (1, "judge")
+    assert server.requests == 3
     # Right by the rules, decided by a number or a choice, or unanswered: the judge is not asked.
     assert rewards.score_response("<answer>Pink.</answer>", "pink", judge=judge).rule == "string"
     assert rewards.score_response("<answer>12</answer>", "13", judge=judge).rule == "numeric"
     assert rewards.score_response("<answer>B</answer>", "A", options=["x", "y"], judge=judge).rule == "choice_letter"
     assert rewards.score_response("<think>no answer</think>", "pink", judge=judge).rule == "no_answer"
-    assert server.requests == 2
+    assert server.requests == 3
 
 
 def test_cache_in_memory_and_on_disk(server, tmp_path):

@@ -119,3 +119,11 @@ def test_ground_truth_forms():
 def test_unusable_ground_truth_is_refused(truth, message):
     with pytest.raises(rewards.GroundTruthError, match=message):
         rewards.match_answer("x", truth)
+
+
+def test_a_letter_naming_no_option_is_refused():
+    with pytest.raises(rewards.GroundTruthError, match="'E' names none of the 4 options"):
+        rewards.match_answer("A", "E", options=OPTIONS)
+    with pytest.raises(rewards.GroundTruthError, match="'E'"):
+        rewards.score_response("<think>no answer</think>", "E", options=OPTIONS)
+    assert rewards.match_answer("B", "E", options=["D", "E"]) == rewards.Match(True, CHOICE_LETTER)  # "E" is a text
