@@ -12,7 +12,7 @@ Modules, one job each: `extract` (generated text, answer extraction), `format` (
 `deepeyes` (the DeepEyes reward), `batch` (a whole GRPO batch), `tasks` (data_source -> task),
 `judge` (optional OpenAI-compatible judge).
 """
-from codedance_jax.rewards.advantages import group_advantages
+from codedance_jax.rewards.advantages import group_advantages, segment_advantages
 from codedance_jax.rewards.bat import (OUTCOMES, STEP_WEIGHT, TOOL_ERROR, TOOL_OK, TOOL_PARSE_ERROR, TOOL_TIMEOUT,
                                        difficulty_factor, step_values, success_rate, tool_term)
 from codedance_jax.rewards.batch import (KINDS, RewardBatch, RewardInputError, RewardItem, TrajectoryReward,

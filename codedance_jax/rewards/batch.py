@@ -13,7 +13,8 @@ The tool term, d and mu are reported for every kind so runs can be compared. An 
 truth cannot be used raises `RewardInputError` naming the record and field, or with
 invalid="skip" is counted (`num_invalid`) and gets reward, advantage and step values 0, and stays
 out of its group's statistics and of the step normalisation. The trainer adds `bat.STEP_WEIGHT`
-(0.2) times a call's step value to the advantage of the assistant turn that wrote that call.
+(0.2) times a call's step value to the advantage of the assistant turn that wrote that call
+(`advantages.segment_advantages(t.advantage, t.step_values, num_segments)` per trajectory).
 """
 from __future__ import annotations
 

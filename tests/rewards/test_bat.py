@@ -82,6 +82,14 @@ def test_group_advantages_against_numpy():
         rewards.group_advantages([1.0, 2.0], [0])
 
 
+def test_segment_advantages():
+    assert rewards.segment_advantages(1.0, [0.5, -1.0], 3) == pytest.approx([1.1, 0.8, 1.0])
+    assert rewards.segment_advantages(-0.3, [2.0], 1) == pytest.approx([0.1])  # ended on a call
+    assert rewards.segment_advantages(0.7, [], 1) == [0.7]
+    with pytest.raises(ValueError, match="2 tool calls but only 1"):
+        rewards.segment_advantages(0.0, [0.1, 0.2], 1)
+
+
 @pytest.mark.parametrize("acc, fmt, images, task, reward", [
     (1, False, 0, "general", 0.8), (1, False, 2, "general", 2.0), (0, False, 2, "general", 0.0),
     (1, True, 1, "general", 1.8), (0, True, 0, "general", -0.2),
