@@ -11,14 +11,17 @@ rules run in this order, and the first that applies decides:
    (normalised, or the same number) -> "choice_text". A prediction that picks no option is compared
    with the correct option's text by the rules below. Without options, a ground truth that is a
    bare letter ("B", "(B)") is matched against the prediction's letter when it states one.
-2. numeric: both are whole-string numbers (`parse_number`: "1,234", "45%", "3/4", "12 cm") ->
+   Option letters are upper case ("a" is a word, not option A).
+2. yes/no: a ground truth "yes" or "no" is matched by the prediction's first word when the
+   prediction says only one of the two ("Yes, the kite is brown.") -> "yes_no".
+3. numeric: both are whole-string numbers (`parse_number`: "1,234", "45%", "3/4", "12 cm") ->
    equal within `rel_tol` -> "numeric".
-3. math (task "math" only): math-verify equality ("\\frac{1}{2}" = "0.5", "x+1" = "1+x")
+4. math (task "math" only): math-verify equality ("\\frac{1}{2}" = "0.5", "x+1" = "1+x")
    -> "math_verify"; when it says no, the string rule still runs.
-4. string: equal after `normalize_text` -> "string".
+5. string: equal after `normalize_text` -> "string".
 
-An incorrect result names the most specific rule that applied ("numeric" when both were numbers,
-"math_verify" for other math answers, else "string"); a missing prediction gives "no_answer".
+An incorrect result names the rule that decided it ("choice_*", "yes_no", "numeric" when both
+were numbers, "math_verify" for other math answers, else "string"); a missing prediction gives "no_answer".
 Lower-level helpers: `choice_letter(text)` (the option letter a text states, unchecked),
 `option_text(option, index)` (an option without its own "A." prefix), `choice_index(prediction,
 options)` (the option a prediction picks), plus `normalize_text`, `parse_number` and
@@ -37,7 +40,9 @@ from codedance_jax.rewards.normalize import DEFAULT_REL_TOL, normalize_text, num
 
 CHOICE_LETTER, CHOICE_TEXT = "choice_letter", "choice_text"
 MATH_VERIFY, NUMERIC, STRING, NO_ANSWER = "math_verify", "numeric", "string", "no_answer"
+YES_NO = "yes_no"
 
+_YES_NO = {"yes", "no"}
 _LETTER = r"\(?([A-Z])\)?"
 _BARE_LETTER = r"\(?[A-Z]\)?\.?"
 _LETTER_FORMS = (
@@ -129,6 +134,10 @@ def _match_one(prediction: str, truth: str, options, task: str, rel_tol: float) 
         letter = choice_letter(prediction)
         if letter is not None:
             return Match(letter == choice_letter(truth), CHOICE_LETTER)
+    if normalize_text(truth) in _YES_NO:
+        words = normalize_text(prediction).split()
+        if words and words[0] in _YES_NO and len(_YES_NO.intersection(words)) == 1:
+            return Match(words[0] == normalize_text(truth), YES_NO)
     if parse_number(prediction) is not None and parse_number(truth) is not None:
         return Match(numbers_match(prediction, truth, rel_tol), NUMERIC)
     if task == MATH and math_equal(prediction, truth):

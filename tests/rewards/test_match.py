@@ -4,7 +4,7 @@ import threading
 import pytest
 
 from codedance_jax import rewards
-from codedance_jax.rewards.match import CHOICE_LETTER, CHOICE_TEXT, MATH_VERIFY, NO_ANSWER, NUMERIC, STRING
+from codedance_jax.rewards.match import CHOICE_LETTER, CHOICE_TEXT, MATH_VERIFY, NO_ANSWER, NUMERIC, STRING, YES_NO
 
 OPTIONS = ["red", "blue", "12", "the green one"]
 
@@ -71,6 +71,15 @@ def test_relative_tolerance_is_configurable():
 ])
 def test_normalised_strings(prediction, truth, correct):
     assert rewards.match_answer(prediction, truth) == rewards.Match(correct, STRING)
+
+
+@pytest.mark.parametrize("prediction, truth, correct, rule", [
+    ("Yes", "yes", True, YES_NO), ("Yes, the kite is brown.", "yes", True, YES_NO), ("no.", "Yes", False, YES_NO),
+    ("No, not yes", "no", False, STRING),  # says both: left to the string rule
+    ("I think yes", "yes", False, STRING),
+])
+def test_yes_no(prediction, truth, correct, rule):
+    assert rewards.match_answer(prediction, truth) == rewards.Match(correct, rule)
 
 
 def test_normalize_text_and_parse_number_helpers():
