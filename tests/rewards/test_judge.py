@@ -74,7 +74,7 @@ class ChatHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     srv = ChatServer()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
