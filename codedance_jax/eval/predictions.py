@@ -1,0 +1,118 @@
+"""predictions.jsonl: one JSON record per finished item, appended and flushed as each item
+finishes, so a crash loses no finished item; a re-run skips the ids already written.
+
+Several processes write one shard file each (`predictions.I-of-N.jsonl`) and a done marker;
+process 0 waits for every marker, then merges the shards into predictions.jsonl in item order."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from typing import Iterable
+
+from codedance_jax.eval.items import DataError
+
+PREDICTIONS = "predictions.jsonl"
+
+
+def shard_path(out_dir: str, index: int, count: int) -> str:
+    return os.path.join(out_dir, PREDICTIONS if count == 1 else f"predictions.{index}-of-{count}.jsonl")
+
+
+def done_marker(out_dir: str, index: int, count: int) -> str:
+    return os.path.join(out_dir, f".done.{index}-of-{count}")
+
+
+class PredictionWriter:
+    """Appends records to a JSONL file, each flushed to disk before the next item's."""
+
+    def __init__(self, path: str):
+        _drop_torn_tail(path)
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _drop_torn_tail(path: str) -> None:
+    """A crash while writing can leave a last line without its newline; it is cut off so the
+    next append starts a fresh line (that item runs again)."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def read_predictions(path: str) -> list[dict]:
+    """Records of a predictions file; a torn last line (no newline) is ignored."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    records = []
+    for number, line in enumerate(lines[:-1], start=1):  # the part after the last newline is torn or empty
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: line {number} is not valid JSON: {err}") from err
+        if not isinstance(record, dict) or "id" not in record:
+            raise DataError(f"{path}: line {number} must be a JSON object with an 'id'")
+        record["id"] = str(record["id"])
+        records.append(record)
+    return records
+
+
+def _all_files(out_dir: str) -> list[str]:
+    return [os.path.join(out_dir, PREDICTIONS)] + sorted(glob.glob(os.path.join(out_dir, "predictions.*-of-*.jsonl")))
+
+
+def finished_ids(out_dir: str) -> set[str]:
+    """Ids with a record in predictions.jsonl or any shard (a run with another process count included)."""
+    return {record["id"] for path in _all_files(out_dir) for record in read_predictions(path)}
+
+
+def wait_for_shards(out_dir: str, count: int, timeout_s: float, poll_s: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = [i for i in range(count) if not os.path.exists(done_marker(out_dir, i, count))]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{out_dir}: processes {missing} of {count} did not finish within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def merge(out_dir: str, order: Iterable[str]) -> list[dict]:
+    """predictions.jsonl from itself plus every shard, one record per id, in `order` (ids not in
+    it last); shards and done markers are removed once the merged file is in place."""
+    rank = {item_id: k for k, item_id in enumerate(order)}
+    files = _all_files(out_dir)
+    records = {}
+    for path in files:
+        for record in read_predictions(path):
+            records.setdefault(record["id"], record)
+    merged = sorted(records.values(), key=lambda r: rank.get(r["id"], len(rank)))
+    target = os.path.join(out_dir, PREDICTIONS)
+    with open(target + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in merged)
+    os.replace(target + ".tmp", target)
+    for path in files[1:] + glob.glob(os.path.join(out_dir, ".done.*-of-*")):
+        os.remove(path)
+    return merged

@@ -1,0 +1,70 @@
+"""Re-scores predictions without a model: after a rule fix, or for another system's outputs.
+
+    python -m codedance_jax.eval.score --benchmark=NAME --data=PATH --predictions=FILE [--out=summary.json]
+
+FILE is JSONL, one `{"id": ..., "response": ...}` per line; the response is the full final
+assistant text (the answer is extracted as in eval.main) or a bare answer. eval.main's own
+predictions.jsonl works as is. Predictions for ids the benchmark does not have are an error.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from codedance_jax.eval import predictions, registry, scoring, summary
+from codedance_jax.eval.items import DataError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("benchmark", None, "Benchmark, NAME[:key=value]...")
+flags.DEFINE_string("data", None, "The benchmark's data path (nothing for synthetic).")
+flags.DEFINE_string("predictions", None, "JSONL of {\"id\", \"response\"} lines.")
+flags.DEFINE_string("out", None, "Write the summary JSON here (it is printed either way).")
+flags.DEFINE_string("judge_url", None, "OpenAI-compatible judge server for free-form answers the rules call wrong.")
+flags.DEFINE_string("judge_model", "judge", "Judge model name.")
+flags.mark_flags_as_required(["benchmark", "predictions"])
+
+
+def rescore(benchmark, dataset, lines: list[dict], path: str, judge=None) -> list[dict]:
+    """Scored records for prediction lines; unknown ids and lines without a response are errors."""
+    items = {item.id: item for item in dataset.items}
+    unknown = [(n, line["id"]) for n, line in enumerate(lines, start=1) if line["id"] not in items]
+    if unknown:
+        shown = ", ".join(f"line {n}: {item_id!r}" for n, item_id in unknown[:5])
+        raise DataError(f"{path}: {len(unknown)} predictions for ids that {benchmark.name} ({dataset.source}) "
+                        f"does not have ({shown})")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if "skipped" in line:
+            records.append(line)
+            continue
+        response = line.get("response")
+        if not isinstance(response, str):
+            raise DataError(f"{path}: line {number} (id {line['id']!r}) has no string 'response'")
+        verdict = scoring.score(benchmark, items[line["id"]], response, judge, bare_answers=True)
+        records.append({"id": line["id"], "response": response, "extracted": verdict.answer,
+                        "correct": verdict.correct, "decided_by": verdict.rule})
+    return records
+
+
+def main(argv):
+    del argv
+    try:
+        benchmark = registry.get(FLAGS.benchmark)
+        dataset = benchmark.read(FLAGS.data)
+        judge = None
+        if FLAGS.judge_url:
+            from codedance_jax.rewards.judge import Judge, JudgeConfig
+            judge = Judge(JudgeConfig(base_url=FLAGS.judge_url, model=FLAGS.judge_model))
+        records = rescore(benchmark, dataset, predictions.read_predictions(FLAGS.predictions), FLAGS.predictions,
+                          judge)
+        result = summary.summarize(benchmark, dataset, records)
+    except DataError as err:
+        sys.exit(f"error: {err}")
+    print(summary.table(result))
+    if FLAGS.out:
+        summary.write(result, FLAGS.out)
+
+
+if __name__ == "__main__":
+    app.run(main)
