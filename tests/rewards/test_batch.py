@@ -1,5 +1,7 @@
 """compute_rewards over a GRPO batch and the data_source -> task mapping, hand-computed."""
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -98,3 +100,10 @@ def test_unknown_data_source():
     assert rewards.task_for_record("geoqa", {}, default="math") == "math"
     with pytest.raises(ValueError, match="extra_info.task"):
         rewards.task_for_record("vstar", {"task": "counting"}, record_id=3)
+
+
+def test_rewards_import_neither_jax_nor_sympy():
+    code = ("import sys; from codedance_jax import rewards; "
+            "print(sorted(m for m in ('jax', 'sympy', 'math_verify', 'openai', 'rollout') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
