@@ -24,9 +24,9 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 from codedance_jax.rewards.advantages import group_advantages
-from codedance_jax.rewards.bat import difficulty_factor, failed_calls, step_values, tool_term
+from codedance_jax.rewards.bat import OUTCOMES, difficulty_factor, failed_calls, step_values, tool_term
 from codedance_jax.rewards.deepeyes import deepeyes_reward
-from codedance_jax.rewards.extract import GENERAL
+from codedance_jax.rewards.extract import GENERAL, TASKS
 from codedance_jax.rewards.match import GroundTruthError
 from codedance_jax.rewards.score import Score, needs_judge, score_by_rules, with_judge_verdict
 
@@ -107,11 +107,17 @@ class RewardBatch:
 def _score_all(items: Sequence[RewardItem], invalid: str, judge) -> tuple[list, list, int]:
     scores, errors = [], []
     for i, item in enumerate(items):
+        record = item.record_id if item.record_id is not None else i
+        # A wrong task or outcome name is a bug upstream, never skipped.
+        if item.task not in TASKS:
+            raise RewardInputError(f"record {record}: task: {item.task!r} is not one of {TASKS}")
+        if not set(item.outcomes) <= set(OUTCOMES):
+            raise RewardInputError(f"record {record}: outcomes: {list(item.outcomes)} has names outside {OUTCOMES}")
         try:
             scores.append(score_by_rules(item.response, item.ground_truth, item.task, item.options))
             errors.append(None)
         except GroundTruthError as e:
-            message = f"record {item.record_id if item.record_id is not None else i}: ground_truth: {e}"
+            message = f"record {record}: ground_truth: {e}"
             if invalid == "raise":
                 raise RewardInputError(message) from e
             scores.append(None)

@@ -86,6 +86,14 @@ def test_bad_ground_truth_raises_naming_the_record_or_is_counted():
     assert [t.step_values for t in batch.trajectories[:6]] == [t.step_values for t in clean.trajectories]
 
 
+def test_wrong_task_or_outcome_names_the_record():
+    with pytest.raises(rewards.RewardInputError, match="record r1: task: 'chart'"):
+        rewards.compute_rewards([RewardItem([RIGHT], "5", 0, task="chart", record_id="r1")])
+    with pytest.raises(rewards.RewardInputError, match="record 1: outcomes"):
+        rewards.compute_rewards([RewardItem([RIGHT], "5", 0), RewardItem([RIGHT], "5", 0, outcomes=["Error"])],
+                                invalid="skip")
+
+
 @pytest.mark.parametrize("source, extra, task", [
     ("vstar", None, "general"), ("chart", {}, "general"), ("SA1B", None, "general"), ("vl_agent", None, "general"),
     ("thinklite_eureka", None, "math"), ("xince", None, "math"), ("anything", {"task": "math"}, "math"),
