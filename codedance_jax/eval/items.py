@@ -62,7 +62,8 @@ class Item:
 
     question: the text put to the model (options included); gold: what the scorer compares
     with (a string, or a list of acceptable strings); options: option texts in the order shown
-    (multiple choice), else empty; fields: breakdown values and the facts the scorer needs.
+    (multiple choice), else empty; fields: breakdown values and the facts the scorer needs;
+    task: "general" or "math" answer extraction and matching (None: the benchmark's).
     """
     id: str
     question: str
@@ -70,6 +71,7 @@ class Item:
     gold: Any
     options: tuple[str, ...] = ()
     fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    task: str | None = None
 
 
 @dataclasses.dataclass

@@ -36,7 +36,7 @@ class Benchmark:
         raise NotImplementedError
 
     def task_of(self, item: Item) -> str:
-        return item.fields.get("task", self.task)
+        return item.task or self.task
 
     def check(self, item: Item, answer: str) -> rewards.Match:
         """The benchmark's rule for one extracted answer; the default is the shared matcher."""

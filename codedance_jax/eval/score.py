@@ -25,28 +25,6 @@ flags.DEFINE_string("judge_model", "judge", "Judge model name.")
 flags.mark_flags_as_required(["benchmark", "predictions"])
 
 
-def rescore(benchmark, dataset, lines: list[dict], path: str, judge=None) -> list[dict]:
-    """Scored records for prediction lines; unknown ids and lines without a response are errors."""
-    items = {item.id: item for item in dataset.items}
-    unknown = [(n, line["id"]) for n, line in enumerate(lines, start=1) if line["id"] not in items]
-    if unknown:
-        shown = ", ".join(f"line {n}: {item_id!r}" for n, item_id in unknown[:5])
-        raise DataError(f"{path}: {len(unknown)} predictions for ids that {benchmark.name} ({dataset.source}) "
-                        f"does not have ({shown})")
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if "skipped" in line:
-            records.append(line)
-            continue
-        response = line.get("response")
-        if not isinstance(response, str):
-            raise DataError(f"{path}: line {number} (id {line['id']!r}) has no string 'response'")
-        verdict = scoring.score(benchmark, items[line["id"]], response, judge, bare_answers=True)
-        records.append({"id": line["id"], "response": response, "extracted": verdict.answer,
-                        "correct": verdict.correct, "decided_by": verdict.rule})
-    return records
-
-
 def main(argv):
     del argv
     try:
@@ -56,7 +34,7 @@ def main(argv):
         if FLAGS.judge_url:
             from codedance_jax.rewards.judge import Judge, JudgeConfig
             judge = Judge(JudgeConfig(base_url=FLAGS.judge_url, model=FLAGS.judge_model))
-        records = rescore(benchmark, dataset, predictions.read_predictions(FLAGS.predictions), FLAGS.predictions,
+        records = scoring.rescore(benchmark, dataset, predictions.read_predictions(FLAGS.predictions), FLAGS.predictions,
                           judge)
         result = summary.summarize(benchmark, dataset, records)
     except DataError as err:

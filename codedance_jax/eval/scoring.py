@@ -8,6 +8,7 @@ import dataclasses
 from typing import Callable, Iterable, Mapping
 
 from codedance_jax import rewards
+from codedance_jax.eval.items import DataError
 from codedance_jax.rewards.match import NO_ANSWER
 from codedance_jax.rewards.score import JUDGE, JUDGED_RULES
 
@@ -59,3 +60,25 @@ def breakdown(items, correct: Mapping[str, bool], key: Callable) -> dict:
             if value is not None and value != "":
                 groups[str(value)].append(correct[item.id])
     return {value: accuracy(flags) for value, flags in sorted(groups.items())}
+
+
+def rescore(benchmark, dataset, lines: list[dict], path: str, judge=None) -> list[dict]:
+    """Scored records for prediction lines; unknown ids and lines without a response are errors."""
+    items = {item.id: item for item in dataset.items}
+    unknown = [(n, line["id"]) for n, line in enumerate(lines, start=1) if line["id"] not in items]
+    if unknown:
+        shown = ", ".join(f"line {n}: {item_id!r}" for n, item_id in unknown[:5])
+        raise DataError(f"{path}: {len(unknown)} predictions for ids that {benchmark.name} ({dataset.source}) "
+                        f"does not have ({shown})")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if "skipped" in line:
+            records.append(line)
+            continue
+        response = line.get("response")
+        if not isinstance(response, str):
+            raise DataError(f"{path}: line {number} (id {line['id']!r}) has no string 'response'")
+        verdict = score(benchmark, items[line["id"]], response, judge, bare_answers=True)
+        records.append({"id": line["id"], "response": response, "extracted": verdict.answer,
+                        "correct": verdict.correct, "decided_by": verdict.rule})
+    return records

@@ -37,7 +37,7 @@ class CodeDanceParquet(Benchmark):
                         question=question,
                         image=image_field({"image": images[0]}, "image", f"{path}, row {key}, images[0]",
                                           os.path.dirname(path)),
-                        gold=require(extra, "answer"), fields={"data_source": source, "task": task})
+                        gold=require(extra, "answer"), fields={"data_source": source}, task=task)
 
         items, skipped = collect(rows, path, item)
         return Dataset(items, skipped, path)
