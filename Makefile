@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo sandbox-deps
+.PHONY: setup test demo sandbox-deps browser-deps
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,14 @@ sandbox-deps:
 	  { (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1 || \
 	    echo "warning: could not install bubblewrap; the sandbox will use its namespace fallback"; }
 
-setup: $(STAMP) sandbox-deps
+# A headless Chromium lets tests/eval open the eval report in a real browser; without it that
+# test skips and says why, so a failed install is a warning, not an error.
+browser-deps:
+	@command -v chromium-headless-shell >/dev/null 2>&1 || command -v chromium >/dev/null 2>&1 || \
+	  { (apt-get update -qq && apt-get install -y -qq chromium-headless-shell) >/dev/null 2>&1 || \
+	    echo "warning: could not install chromium-headless-shell; the eval report browser test will skip"; }
+
+setup: $(STAMP) sandbox-deps browser-deps
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -153,7 +153,7 @@ def evaluate(spec: str, data: str | None, out_dir: str, model: _Model, judge, in
     else:
         records = predictions.read_predictions(predictions.shard_path(out_dir, 0, 1))
     selected = {item.id for item in items}
-    records = [r for r in records if r["id"] in selected]
+    records = predictions.in_order([r for r in records if r["id"] in selected], [item.id for item in items])
     result = summary.summarize(benchmark, dataset, records, [item.id for item in items])
     summary.write(result, os.path.join(out_dir, "summary.json"))
     report.write(os.path.join(out_dir, "report.html"), result, records)

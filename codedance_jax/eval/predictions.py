@@ -99,16 +99,21 @@ def wait_for_shards(out_dir: str, count: int, timeout_s: float, poll_s: float = 
         time.sleep(poll_s)
 
 
-def merge(out_dir: str, order: Iterable[str]) -> list[dict]:
-    """predictions.jsonl from itself plus every shard, one record per id, in `order` (ids not in
-    it last); shards and done markers are removed once the merged file is in place."""
+def in_order(records: Iterable[dict], order: Iterable[str]) -> list[dict]:
+    """Records sorted by the position of their id in `order` (items finish out of order); ids not in it last."""
     rank = {item_id: k for k, item_id in enumerate(order)}
+    return sorted(records, key=lambda r: rank.get(r["id"], len(rank)))
+
+
+def merge(out_dir: str, order: Iterable[str]) -> list[dict]:
+    """predictions.jsonl from itself plus every shard, one record per id, in `order`; shards and
+    done markers are removed once the merged file is in place."""
     files = _all_files(out_dir)
     records = {}
     for path in files:
         for record in read_predictions(path):
             records.setdefault(record["id"], record)
-    merged = sorted(records.values(), key=lambda r: rank.get(r["id"], len(rank)))
+    merged = in_order(records.values(), order)
     target = os.path.join(out_dir, PREDICTIONS)
     with open(target + ".tmp", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in merged)
