@@ -17,12 +17,18 @@ from models.qwen2_5_vl.config import ModelConfig
 from models.qwen2_5_vl.model import window_bucket_for
 from models.qwen2_5_vl.vision_layout import build_layout, num_windows
 
+# GRPO's per-token arrays, aligned with input_ids like loss_mask (0 on padding): the advantage of
+# each token, the sampler's log-prob of it and, when one rollout batch feeds several updates, the
+# old policy's log-prob of it.
+TOKEN_FLOATS = ("advantages", "sampler_log_probs", "old_log_probs")
 # Padding value of each input, when micro-batches are brought to one shape.
 _PAD = {"input_ids": 0, "attention_mask": 0, "positions": 0, "loss_mask": 0, "pixel_values": 0.0,
-        "patch_index": -1, "rope_hw": 0, "frame_windows": -1, "merged_order": 0}
+        "patch_index": -1, "rope_hw": 0, "frame_windows": -1, "merged_order": 0,
+        **{name: 0.0 for name in TOKEN_FLOATS}}
 # Rank of each stacked input (leading micro-batch axis included).
 _NDIM = {"input_ids": 3, "attention_mask": 3, "positions": 4, "loss_mask": 3, "pixel_values": 3,
-         "patch_index": 2, "rope_hw": 3, "frame_windows": 3, "merged_order": 2}
+         "patch_index": 2, "rope_hw": 3, "frame_windows": 3, "merged_order": 2,
+         **{name: 3 for name in TOKEN_FLOATS}}
 
 
 def model_inputs(cfg: ModelConfig, batch: Batch) -> dict[str, np.ndarray]:
@@ -39,6 +45,15 @@ def model_inputs(cfg: ModelConfig, batch: Batch) -> dict[str, np.ndarray]:
     return inputs
 
 
+def token_floats(rows: Sequence[Sequence[float]], shape: tuple[int, int]) -> np.ndarray:
+    """Per-token float rows (one per sequence, each as long as its tokens) as a float32 [B, L]
+    array padded with 0, the layout of the batch's token arrays."""
+    out = np.zeros(shape, np.float32)
+    for row, values in enumerate(rows):
+        out[row, : len(values)] = values
+    return out
+
+
 def stack_micro_batches(micro: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Pads micro-batches to a common shape and stacks them on a new leading axis. A text-only
     micro-batch next to ones with images gets an empty (all padding) vision layout."""
@@ -53,7 +68,7 @@ def stack_micro_batches(micro: Sequence[dict[str, np.ndarray]]) -> dict[str, np.
 
 def _empty(key: str, stacked_rank: bool) -> np.ndarray:
     rank = _NDIM[key] - (0 if stacked_rank else 1)
-    return np.zeros((0,) * rank, np.float32 if key == "pixel_values" else np.int32)
+    return np.zeros((0,) * rank, np.float32 if isinstance(_PAD[key], float) else np.int32)
 
 
 def _pad_to(key: str, array: np.ndarray, shape) -> np.ndarray:

@@ -16,7 +16,7 @@ from codedance_jax.hf.files import copy_assets
 from models.qwen2_5_vl import ModelConfig
 from models.qwen2_5_vl.model import PARAMS_SUBDIR
 from models.qwen2_5_vl.params_io import save_params
-from train.monitoring import MetricsWriter, PreemptionGuard, plot_curves
+from train.monitoring import PLOTTED, MetricsWriter, PreemptionGuard, plot_curves
 from train.state import TrainState
 
 EXPORT_SUBDIR = "export"  # final parameters as a checkpoint `codedance_jax.hf.export` converts
@@ -34,13 +34,19 @@ def export_parameters(state: TrainState, model_cfg: ModelConfig, out_dir: str, a
 
 
 def run_training(config, workdir: str, *, model_cfg: ModelConfig, abstract_state: TrainState,
-                 fresh_state: Callable[[], TrainState], step_fn, next_batch: Callable[[], dict],
-                 data_iterator, asset_dir: str = "") -> TrainState:
+                 fresh_state: Callable[[], TrainState], train_step: Callable[[TrainState], tuple[TrainState, dict]],
+                 data_iterator, asset_dir: str = "", evaluate: Callable[[TrainState], dict] | None = None,
+                 plotted: tuple[str, ...] = PLOTTED, progress_keys: tuple[str, ...] = ("loss",)) -> TrainState:
     """Trains until `config.total_steps`, resuming from the latest checkpoint in `workdir`.
 
+    train_step: one step from a state (SFT: a batch and a jitted update; GRPO: rollouts, rewards
+      and updates). Its metrics may be device arrays; they are fetched on log steps only.
     data_iterator: has get_state()/set_state() (its position is checkpointed) and `skipped`.
+    evaluate: run every `config.eval_every` steps and at the end; its metrics get their own row.
     """
     checkpointer = TrainCheckpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    is_chief = jax.process_index() == 0
+    metrics_writer = MetricsWriter(workdir, tensorboard=config.tensorboard and is_chief)
     latest = checkpointer.latest_step()
     if latest is None:
         state = fresh_state()
@@ -49,31 +55,40 @@ def run_training(config, workdir: str, *, model_cfg: ModelConfig, abstract_state
         data_iterator.set_state(data_state)
         logging.info("resumed from step %d", latest)
     step = int(state.step)
-    is_chief = jax.process_index() == 0
-    metrics_writer = MetricsWriter(workdir, tensorboard=config.tensorboard and is_chief)
+    if is_chief:
+        metrics_writer.truncate_after(step)  # rows a crash logged after the last checkpoint are redone
+    eval_every = config.get("eval_every", 0)
     guard = PreemptionGuard()
     progress = tqdm(total=config.total_steps, initial=step, disable=not is_chief, desc="train", unit="step")
     plot_path = os.path.join(workdir, "curves.png")
     tokens_since, time_since = 0.0, time.perf_counter()
     try:
         while step < config.total_steps and not guard.requested:
-            state, metrics = step_fn(state, next_batch())
+            state, metrics = train_step(state)
             step += 1
-            tokens_since += float(metrics["tokens"])
+            tokens_since = tokens_since + metrics.get("tokens", 0.0)  # stays on device until a log step
             if step % config.log_every == 0 or step == config.total_steps:
                 now = time.perf_counter()
                 values = {k: float(v) for k, v in metrics.items()}
-                values["tokens_per_second"] = tokens_since / max(now - time_since, 1e-9)
+                values["tokens_per_second"] = float(tokens_since) / max(now - time_since, 1e-9)
                 values.update({f"skipped_{k}": v for k, v in data_iterator.skipped.items()})
                 tokens_since, time_since = 0.0, now
+                if values.get("update_refused"):
+                    logging.error("step %d: the loss or gradients were not finite (loss %s, grad norm %s); the "
+                                  "update was refused and the parameters are unchanged",
+                                  step, values.get("loss"), values.get("grad_norm"))
                 if is_chief:
                     metrics_writer.write(step, values)
-                progress.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_second']:.0f}")
+                progress.set_postfix({k: f"{values[k]:.4g}" for k in progress_keys if k in values})
             progress.update(1)
+            if evaluate is not None and eval_every and (step % eval_every == 0 or step == config.total_steps):
+                eval_values = evaluate(state)
+                if is_chief:
+                    metrics_writer.write(step, eval_values)
             if step % config.checkpoint_every == 0 or step == config.total_steps or guard.requested:
                 checkpointer.save(step, state, data_iterator.get_state())
             if is_chief and step % config.plot_every == 0:
-                plot_curves(metrics_writer.read(), plot_path)
+                plot_curves(metrics_writer.read(), plot_path, plotted)
         if guard.requested:
             logging.warning("SIGTERM: saved a checkpoint at step %d and stopping", step)
         else:
@@ -83,6 +98,6 @@ def run_training(config, workdir: str, *, model_cfg: ModelConfig, abstract_state
         progress.close()
         guard.restore()
         if is_chief:
-            plot_curves(metrics_writer.read(), plot_path)
+            plot_curves(metrics_writer.read(), plot_path, plotted)
         metrics_writer.close()
     return state

@@ -34,6 +34,17 @@ class MetricsWriter:
             for name, value in metrics.items():
                 self.tensorboard.add_scalar(name, value, step)
 
+    def truncate_after(self, step: int) -> None:
+        """Drops rows past `step` (written after the checkpoint a run resumes from), atomically."""
+        rows = self.read()
+        kept = [r for r in rows if r["step"] <= step]
+        if len(kept) == len(rows):
+            return
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(tmp, self.path)
+
     def read(self) -> list[dict]:
         if not os.path.exists(self.path):
             return []

@@ -69,7 +69,8 @@ def main(argv):
     logging.info("mesh %s, %d devices, %d rows per micro-batch per process", dict(mesh.shape), mesh.size, rows)
     run_training(config, workdir, model_cfg=model_cfg,
                  abstract_state=abstract_state(model_cfg, tx, shardings, param_dtype), fresh_state=fresh_state,
-                 step_fn=step_fn, next_batch=next_batch, data_iterator=batches, asset_dir=config.init_checkpoint)
+                 train_step=lambda state: step_fn(state, next_batch()), data_iterator=batches,
+                 asset_dir=config.init_checkpoint)
 
 
 if __name__ == "__main__":

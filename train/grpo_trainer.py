@@ -1,0 +1,129 @@
+"""One GRPO step: P prompts x G samples rolled out with the current parameters (used in place),
+scored by the reward, turned into per-token advantages and batches, then one or more optimizer
+updates. Also greedy validation on held-out prompts through the same engine and scorer.
+
+Everything a step does is a function of the train state and the step number (prompts from the
+resumable iterator, sampling seeds from (seed, step, sample)), so a resumed run repeats exactly
+what an uninterrupted one does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from codedance_jax import rewards as rewards_lib
+from codedance_jax.data.rl_prompts import PromptIterator, RLPrompt
+from codedance_jax.processing.image import ImageProcessingConfig
+from rollout.engine import Engine, Request
+from rollout.sampling import SamplingParams
+from train import inputs as inputs_lib
+from train.rollout_batch import reward_items, token_advantages, update_batches
+from train.rollout_metrics import rollout_metrics
+from train.state import TrainState
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def derived_seed(*entropy: int) -> int:
+    """A reproducible 31-bit seed from non-negative ints (the run seed, the step, a use, an index)."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0] >> 1)
+
+
+_SAMPLING, _MINIBATCH_SPLIT = 0, 1  # uses of a step's seeds
+
+
+def with_system_prompt(prompt: RLPrompt, system_prompt: str) -> list[dict]:
+    if not system_prompt or any(m["role"] == "system" for m in prompt.messages):
+        return prompt.messages
+    return [{"role": "system", "content": system_prompt}] + prompt.messages
+
+
+@dataclasses.dataclass
+class StepTimes:
+    rollout_s: float = 0.0
+    tool_wait_s: float = 0.0
+    scoring_s: float = 0.0
+    update_s: float = 0.0
+
+
+class GRPOStep:
+    """Callable train step for `train.loop.run_training`: state -> (state, metrics)."""
+
+    def __init__(self, config, *, engine: Engine, tokenizer, prompts: PromptIterator, update_fn, mesh,
+                 image_config: ImageProcessingConfig, ref_params=None, old_log_probs_fn=None, judge=None,
+                 eval_prompts: Sequence[RLPrompt] = ()):
+        self.config, self.engine, self.tokenizer, self.prompts = config, engine, tokenizer, prompts
+        self.update_fn, self.mesh, self.image_config = update_fn, mesh, image_config
+        self.ref_params, self.old_log_probs_fn, self.judge = ref_params, old_log_probs_fn, judge
+        self.eval_prompts = list(eval_prompts)
+
+    def _requests(self, prompts: Sequence[RLPrompt], step: int) -> list[Request]:
+        group_size = self.config.grpo.group_size
+        system = self.config.data.system_prompt
+        return [Request(messages=with_system_prompt(p, system), images=p.images, request_id=f"{p.id}#{g}",
+                        seed=derived_seed(self.config.seed, step, _SAMPLING, i * group_size + g))
+                for i, p in enumerate(prompts) for g in range(group_size)]
+
+    def _score(self, trajectories, prompts, group_ids) -> rewards_lib.RewardBatch:
+        items = reward_items(trajectories, prompts, group_ids, self.tokenizer)
+        return rewards_lib.compute_rewards(items, self.config.reward.kind, judge=self.judge,
+                                           invalid=self.config.reward.invalid)
+
+    def __call__(self, state: TrainState) -> tuple[TrainState, dict]:
+        config, times = self.config, StepTimes()
+        step = int(state.step)
+        started = time.perf_counter()
+        prompts = self.prompts.next_prompts(config.grpo.prompts_per_step)
+        trajectories = self.engine.generate(self._requests(prompts, step), params=state.params)
+        times.rollout_s, times.tool_wait_s = time.perf_counter() - started, self.engine.stats.tool_wait_s
+
+        scored_at = time.perf_counter()
+        group_size = config.grpo.group_size
+        sample_prompts = [p for p in prompts for _ in range(group_size)]
+        group_ids = [i // group_size for i in range(len(trajectories))]
+        rewards = self._score(trajectories, sample_prompts, group_ids)
+        advantages = [token_advantages(t, r) for t, r in zip(trajectories, rewards.trajectories)]
+        metrics = rollout_metrics(trajectories, rewards, group_ids, sample_prompts)
+        times.scoring_s = time.perf_counter() - scored_at
+
+        updated_at = time.perf_counter()
+        minibatches = update_batches(
+            self.engine.model_config, trajectories, advantages, num_minibatches=config.grpo.num_minibatches,
+            micro_batches=config.grad_accum_steps, length_buckets=config.length_buckets,
+            patch_buckets=config.patch_buckets, image_config=self.image_config, seed=derived_seed(config.seed, step, _MINIBATCH_SPLIT))
+        batches = [inputs_lib.global_batch(inputs_lib.agree_across_processes(mb), self.mesh) for mb in minibatches]
+        if self.old_log_probs_fn is not None:  # several updates: freeze the old policy first
+            for batch in batches:
+                batch["old_log_probs"] = self.old_log_probs_fn(state.params, batch)
+        update_metrics = []
+        for batch in batches:
+            state, device_metrics = self.update_fn(state, batch, self.ref_params)
+            update_metrics.append(device_metrics)
+        update_metrics = jax.device_get(update_metrics)
+        times.update_s = time.perf_counter() - updated_at
+
+        for name in update_metrics[0]:
+            metrics[name] = float(np.mean([m[name] for m in update_metrics]))
+        metrics["update_refused"] = float(sum(m["update_refused"] for m in update_metrics))
+        metrics.update(dataclasses.asdict(times), step_s=time.perf_counter() - started,
+                       tokens=metrics["generated_tokens"])
+        return state, metrics
+
+    def validate(self, state: TrainState) -> dict[str, float]:
+        """Greedy rollouts on the held-out prompts, scored like training; metrics prefixed val_."""
+        if not self.eval_prompts:
+            return {}
+        system = self.config.data.system_prompt
+        requests = [Request(messages=with_system_prompt(p, system), images=p.images, request_id=p.id, sampling=GREEDY)
+                    for p in self.eval_prompts]
+        trajectories = self.engine.generate(requests, params=state.params)
+        rewards = self._score(trajectories, self.eval_prompts, list(range(len(trajectories))))
+        metrics = rollout_metrics(trajectories, rewards, list(range(len(trajectories))), self.eval_prompts)
+        keep = ("reward", "accuracy", "format_error", "tool_call_rate", "tool_success_rate", "turns",
+                "response_length")
+        tagged = [k for k in metrics if k.startswith(("accuracy_", "tool_call_rate_")) and not k.endswith("_groups")]
+        return {f"val_{k}": metrics[k] for k in (*keep, *tagged) if k in metrics}
