@@ -264,3 +264,29 @@ def test_synthetic_needs_no_data_and_is_stable():
     result = score_all(registry.get("synthetic:num=6:seed=3"), first,
                        {item.id: answer(item.gold) for item in first.items})
     assert result["overall"] == 100
+
+
+def test_judge_decides_only_free_form_answers_the_rules_call_wrong(tmp_path):
+    import threading
+
+    from codedance_jax.rewards.judge import Judge, JudgeConfig
+    from rewards.test_judge import ChatServer  # the rewards tests' local chat-completions server
+
+    server = ChatServer()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        judge = Judge(JudgeConfig(base_url=server.url, max_retries=0, timeout_s=5.0))
+        rows = [{"data_source": "vstar", "images": [{"bytes": png(k), "path": None}],
+                 "extra_info": {"question": "Colour?", "answer": "pink", "index": k}} for k in range(3)]
+        benchmark = registry.get("codedance_parquet")
+        dataset = benchmark.read(write_parquet(str(tmp_path / "eval.parquet"), rows))
+        lines = [{"id": "vstar/0", "response": answer("it is pink")},   # rules: different text; judge: same
+                 {"id": "vstar/1", "response": answer("pink")},         # rules decide
+                 {"id": "vstar/2", "response": answer("green")}]        # judge: different
+        records = scoring.rescore(benchmark, dataset, lines, "test", judge=judge)
+        assert [(r["correct"], r["decided_by"]) for r in records] == [(True, "judge"), (True, "string"),
+                                                                       (False, "judge")]
+        assert server.requests == 2
+    finally:
+        server.shutdown()
+        server.server_close()
