@@ -134,6 +134,9 @@ def evaluate(spec: str, data: str | None, out_dir: str, model: _Model, judge, in
     dataset = benchmark.read(data or None)
     items = dataset.items[: FLAGS.limit] if FLAGS.limit is not None else dataset.items
     os.makedirs(out_dir, exist_ok=True)
+    marker = predictions.done_marker(out_dir, index, count)
+    if os.path.exists(marker):  # left by an earlier run that process 0 never merged
+        os.remove(marker)
     done = predictions.finished_ids(out_dir)
     todo = [item for item in items[index::count] if item.id not in done]
     logging.info("%s: %d items, %d for this process, %d already done, %d skipped rows", benchmark.name,
@@ -145,7 +148,7 @@ def evaluate(spec: str, data: str | None, out_dir: str, model: _Model, judge, in
         with predictions.PredictionWriter(predictions.shard_path(out_dir, index, count)) as writer:
             runner.run(todo, writer.write, progress=FLAGS.progress)
     if count > 1:
-        open(predictions.done_marker(out_dir, index, count), "w").close()
+        open(marker, "w").close()
         if index != 0:
             return None
         predictions.wait_for_shards(out_dir, count, FLAGS.merge_timeout_s)

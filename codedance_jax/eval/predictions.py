@@ -58,14 +58,19 @@ def _drop_torn_tail(path: str) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
-def read_predictions(path: str) -> list[dict]:
-    """Records of a predictions file; a torn last line (no newline) is ignored."""
+def read_predictions(path: str, torn_tail: bool = True) -> list[dict]:
+    """Records of a predictions file. With torn_tail (files this package appends to), a last line
+    without its newline is a write a crash cut short and is ignored; other files are read whole."""
     if not os.path.exists(path):
-        return []
+        if torn_tail:
+            return []
+        raise DataError(f"{path}: no such file")
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
+    if torn_tail:
+        lines = lines[:-1]  # the part after the last newline: torn or empty
     records = []
-    for number, line in enumerate(lines[:-1], start=1):  # the part after the last newline is torn or empty
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

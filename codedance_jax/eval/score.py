@@ -34,8 +34,8 @@ def main(argv):
         if FLAGS.judge_url:
             from codedance_jax.rewards.judge import Judge, JudgeConfig
             judge = Judge(JudgeConfig(base_url=FLAGS.judge_url, model=FLAGS.judge_model))
-        records = scoring.rescore(benchmark, dataset, predictions.read_predictions(FLAGS.predictions), FLAGS.predictions,
-                          judge)
+        lines = predictions.read_predictions(FLAGS.predictions, torn_tail=False)
+        records = scoring.rescore(benchmark, dataset, lines, FLAGS.predictions, judge)
         result = summary.summarize(benchmark, dataset, records)
     except DataError as err:
         sys.exit(f"error: {err}")

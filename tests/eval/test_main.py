@@ -115,7 +115,8 @@ def test_score_rescores_the_binary_output_and_refuses_unknown_ids(single_run, tm
     assert "overall" in result.stdout
 
     bad = tmp_path / "other.jsonl"
-    bad.write_text('{"id": "synthetic-1-0", "response": "yes"}\n{"id": "synthetic-9-9", "response": "3"}\n')
+    # Another system's file: its last line has no newline and still counts.
+    bad.write_text('{"id": "synthetic-1-0", "response": "yes"}\n{"id": "synthetic-9-9", "response": "3"}')
     result = run_score(SYNTHETIC, f"--predictions={bad}")
     assert result.returncode != 0
     assert f"{bad}: 1 predictions for ids that synthetic" in result.stderr and "line 2: 'synthetic-9-9'" in result.stderr

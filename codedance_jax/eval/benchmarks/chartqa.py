@@ -12,7 +12,7 @@ import os
 
 from codedance_jax import rewards
 from codedance_jax.eval import prompts, scoring
-from codedance_jax.eval.items import (DataError, Dataset, ImageSource, Item, SkipRow, check_exists, collect,
+from codedance_jax.eval.items import (DataError, Dataset, Item, SkipRow, check_exists, collect,
                                       image_field, require)
 from codedance_jax.eval.registry import Benchmark, register
 from codedance_jax.eval.tables import read_rows
