@@ -2,6 +2,7 @@
 from .isolation import IsolationReport, IsolationUnavailable
 from .limits import Limits
 from .pool import ExecResult, InterpreterPool, SandboxError
+from .view import MissingPackage
 
 __all__ = ["ExecResult", "InterpreterPool", "IsolationReport", "IsolationUnavailable", "Limits",
-           "SandboxError"]
+           "MissingPackage", "SandboxError"]

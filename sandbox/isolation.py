@@ -2,35 +2,36 @@
 rlimits.
 
 Layering (outside in):
-  zygote sandbox   one per pool: new mount, pid, net, ipc, uts namespaces; a minimal
-                   read-only root holding only the system libraries, the Python install
-                   and this package (built by bubblewrap, or by `enter_private_root`).
+  zygote sandbox   one per pool: new mount, pid, net, ipc, uts namespaces; a read-only root
+                   holding only the allowlisted view of the host (see view.py), built by
+                   bubblewrap or by `enter_private_root`.
   session          one per session: its own pid, mount, net (no interfaces up), ipc, uts
                    namespaces and a size-capped tmpfs for its working directory and /tmp.
-  interpreter      the process running user code: a per-session unprivileged uid, no
-                   capabilities, no_new_privs, rlimits, only its pipes open.
+  interpreter      the process running user code: a per-session memory cgroup, a
+                   per-session unprivileged uid, no capabilities, no_new_privs, rlimits,
+                   seccomp, only its pipes open; stopped between calls.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
-import sys
 
-from . import linux, seccomp
+from . import linux, seccomp, view
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 SESSION_ROOT = "/session"
 SESSION_WORKDIR = "/session/work"
 SESSION_TMP = "/session/tmp"
-
-# /etc entries the interpreter needs; everything else there (shadow, ssh keys, ...) stays out.
-ETC_ALLOWLIST = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "fonts",
-                 "mime.types", "nsswitch.conf", "host.conf")
 DEVICES = ("null", "zero", "full", "random", "urandom")
-TOP_LEVEL_LINKS = ("bin", "lib", "lib32", "lib64", "libx32", "sbin")
+ZYGOTE_BOOTSTRAP = (f"import sys; sys.path.append({view.SITE_PACKAGES!r}); "
+                    "from sandbox import zygote; zygote.main(sys.argv[1:])")
+# The namespace backend starts on the host, from the checkout, and execs the zygote once inside.
+LAUNCH_BOOTSTRAP = ("import sys; sys.path.insert(0, {parent!r}); "
+                    "from sandbox import isolation; isolation.launch_in_namespaces(sys.argv[1:])")
 
 SESSION_NAMESPACES = (linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWNET
                       | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS)
@@ -110,80 +111,71 @@ def choose_backend(requested: str) -> str:
     return "namespaces"
 
 
-def report(backend: str, limits) -> IsolationReport:
+def report(backend: str, limits, files: view.View, memory: str) -> IsolationReport:
     return IsolationReport(backend=backend, level="strong", guarantees=(
         "network: each session in a new network namespace with no interface up "
         "(host loopback unreachable)",
-        "filesystem: read-only minimal root with only system libraries, the Python install "
-        "and the sandbox package; host home, project files and secrets absent",
+        files.describe(),
         f"writes: only the session's tmpfs (cwd and /tmp, {limits.disk_mb} MB, "
         f"files up to {limits.max_file_mb} MB)",
+        memory,
         "processes: pid namespace per session, killed as a whole on timeout or close",
+        "between calls: processes a call started are killed when it returns; a call that "
+        "leaves threads running gets a fresh interpreter (variables lost, files kept); the "
+        "interpreter is stopped (SIGSTOP) until the next call, so a session uses no CPU and "
+        "produces nothing between calls",
         "identity: per-session unprivileged uid, no capabilities, no_new_privs, "
         "clean environment, no inherited descriptors",
         f"rlimits: {limits.max_processes} processes, {limits.max_open_files} open files, "
-        f"+{limits.memory_mb} MB address space, no core dumps",
-        "seccomp: namespace creation, mount, ptrace, bpf, keyrings, io_uring and module "
-        "syscalls denied" if seccomp.supported() else "seccomp: not available on this CPU",
+        f"+{limits.memory_mb} MB address space per process, no core dumps",
+        "seccomp: " + seccomp.describe() if seccomp.supported()
+        else "seccomp: not available on this CPU (socket families, SysV IPC and memfd allowed)",
     ))
 
 
-def python_roots() -> list:
-    """Directories the sandboxed interpreter needs from the host (venv and base install)."""
-    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-             os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))), PACKAGE_DIR}
-    roots = sorted(os.path.realpath(r) for r in roots)
-    kept = []
-    for root in roots:  # drop nested duplicates and what the /usr bind already covers
-        if root == "/usr" or root.startswith("/usr/"):
-            continue
-        if any(root == k or root.startswith(k + "/") for k in kept):
-            continue
-        kept.append(root)
-    return kept
-
-
-def filesystem_plan() -> list:
+def filesystem_plan(files: view.View) -> list:
     """Ordered mount actions building the zygote's root; both backends execute this list."""
-    plan = [("ro-bind", "/usr", "/usr")]
-    for name in TOP_LEVEL_LINKS:
-        path = "/" + name
-        if os.path.islink(path):
-            plan.append(("symlink", os.readlink(path), path))
-        elif os.path.isdir(path):
-            plan.append(("ro-bind", path, path))
-    for name in ETC_ALLOWLIST:
-        path = "/etc/" + name
-        if os.path.exists(path):
-            plan.append(("ro-bind", os.path.realpath(path), path))
-    # /tmp first, so interpreter roots that live below it (a checkout in /tmp) are bound on top.
-    plan.append(("tmpfs", None, "/tmp"))
-    roots = python_roots()
-    # Parents of the binds are created traversable but not listable, whatever their mode
-    # on the host (/root is 0700 there, and the base Python may live below it).
-    parents = sorted({root[:i] for root in roots for i in range(1, len(root)) if root[i] == "/"},
-                     key=lambda path: path.count("/"))
-    plan += [("dir", None, parent) for parent in parents if not parent.startswith("/usr")]
-    plan += [("ro-bind", root, root) for root in roots]
-    plan += [("dev", None, "/dev"), ("proc", None, "/proc"), ("dir", None, SESSION_ROOT)]
-    return plan
+    return list(files.plan) + [("dev", None, "/dev"), ("proc", None, "/proc"),
+                               ("dir", "0755", SESSION_ROOT)]
 
 
-
-def bwrap_argv(path: str) -> list:
+def bwrap_argv(path: str, plan) -> list:
     argv = [path, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--die-with-parent", "--new-session",
-            "--hostname", "sandbox"]
-    for action, source, target in filesystem_plan():
+            "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+    read_only = ["/"]
+    for action, argument, target in plan:
         if action == "ro-bind":
-            argv += ["--ro-bind", source, target]
+            argv += ["--ro-bind", argument, target]
         elif action == "symlink":
-            argv += ["--symlink", source, target]
-        elif action == "dir":
-            argv += ["--perms", "0711", "--dir", target]
+            argv += ["--symlink", argument, target]
+        elif action in ("dir", "tmpfs"):
+            argv += ["--perms", argument, "--" + action, target]
+            if action == "tmpfs" and target != "/tmp":
+                read_only.append(target)
         else:
             argv += ["--" + action, target]
-    return argv + ["--remount-ro", "/", "--chdir", "/"]
+    for target in read_only:
+        argv += ["--remount-ro", target]
+    return argv + ["--chdir", "/"]
+
+
+def launch_in_namespaces(argv) -> None:
+    """Namespace backend, on the host: enter new namespaces, build the view as their root and
+    exec the zygote there. argv: plan JSON, interpreter, then the zygote's own arguments."""
+    plan, python, zygote_args = json.loads(argv[0]), argv[1], argv[2:]
+    linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWNET
+                  | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS)
+    child = os.fork()
+    if child != 0:  # stays on the host only to mirror the zygote's exit
+        os.close(int(zygote_args[0]))  # the control socket is the zygote's alone
+        _, status = os.waitpid(child, 0)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    try:
+        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        enter_private_root(plan)
+        os.execve(python, [python, "-I", "-c", ZYGOTE_BOOTSTRAP, *zygote_args], SANDBOX_ENV)
+    finally:
+        os._exit(1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +198,7 @@ def _bind_readonly(source: str, target: str) -> None:
 
 
 def _staging_dir(plan) -> str:
-    sources = [s for action, s, _ in plan if action == "ro-bind"]
+    sources = [source for action, source, _ in plan if action == "ro-bind"]
     for candidate in ("/mnt", "/media", "/srv", "/run", "/var/tmp", "/tmp"):
         if os.path.isdir(candidate) and not any(
                 s == candidate or s.startswith(candidate + "/") for s in sources):
@@ -220,18 +212,21 @@ def enter_private_root(plan) -> None:
     new_root = _staging_dir(plan)
     linux.mount("sandbox-root", new_root, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
                 "mode=0755,size=16m")
-    for action, source, target in plan:
+    for action, argument, target in plan:
         dest = new_root + target
         if action == "ro-bind":
-            _bind_readonly(source, dest)
+            _bind_readonly(argument, dest)
         elif action == "symlink":
-            os.symlink(source, dest)
+            os.symlink(argument, dest)
         elif action == "dir":
             os.makedirs(dest, exist_ok=True)
-            os.chmod(dest, 0o711)
+            os.chmod(dest, int(argument, 8))
         elif action == "tmpfs":
             os.makedirs(dest, exist_ok=True)
-            linux.mount("tmpfs", dest, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777")
+            flags = linux.MS_NOSUID | linux.MS_NODEV
+            linux.mount("tmpfs", dest, "tmpfs", flags, f"mode={argument},size=16m")
+            if target != "/tmp":  # an empty directory hiding what the bind below it holds
+                linux.mount(None, dest, None, linux.MS_REMOUNT | linux.MS_RDONLY | flags)
         elif action == "proc":
             os.makedirs(dest, exist_ok=True)
             linux.mount("proc", dest, "proc",
@@ -271,22 +266,48 @@ def setup_session_mounts(uid: int, limits) -> None:
     linux.sethostname("sandbox")
 
 
+def _mounts_below(directory: str) -> list:
+    """Top-most mount points strictly below `directory` in this mount namespace."""
+    points = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            point = line.split()[4].encode().decode("unicode_escape")  # octal escapes
+            if point.startswith(directory + "/"):
+                points.append(point)
+    return [p for p in points if not any(p.startswith(q + "/") for q in points)]
+
+
 def _bind_session_tmp() -> None:
-    """Puts the session's own tmp at /tmp. Interpreter roots that live below /tmp (a checkout in
-    /tmp) would be hidden by it, so they are carried over: bound to a stash first, re-bound
-    read-only at their path inside the new /tmp, and the stash detached."""
-    hidden = [root for root in python_roots() if root == "/tmp" or root.startswith("/tmp/")]
+    """Puts the session's own tmp at /tmp. Parts of the view that live below /tmp (a Python
+    install there) would be hidden by it, so they are carried over: bound to a stash first,
+    re-bound read-only at their path inside the new /tmp, and the stash detached."""
+    hidden = _mounts_below("/tmp")
     stashes = []
-    for i, root in enumerate(hidden):
-        stash = os.path.join(SESSION_ROOT, f".root{i}")
-        os.mkdir(stash, 0o700)
-        linux.mount(root, stash, None, linux.MS_BIND | linux.MS_REC)
+    for i, point in enumerate(hidden):
+        stash = os.path.join(SESSION_ROOT, f".view{i}")
+        if os.path.isdir(point):
+            os.mkdir(stash, 0o700)
+        else:
+            open(stash, "w").close()
+        linux.mount(point, stash, None, linux.MS_BIND | linux.MS_REC)
         stashes.append(stash)
     linux.mount(SESSION_TMP, "/tmp", None, linux.MS_BIND)
-    for root, stash in zip(hidden, stashes):
-        _bind_readonly(stash, root)
+    for point, stash in zip(hidden, stashes):
+        _bind_readonly(stash, point)
         linux.umount(stash, linux.MNT_DETACH)
-        os.rmdir(stash)
+        if os.path.isdir(stash):
+            os.rmdir(stash)
+        else:
+            os.remove(stash)
+
+
+def join_memory_cgroup(procs_fd: int) -> None:
+    """In the interpreter, before user code: move into the session's memory cgroup (so its
+    children follow), then hide the host's cgroup paths behind a new cgroup namespace."""
+    if procs_fd >= 0:
+        os.write(procs_fd, b"0")  # "0" is the writer, whatever its pid namespace
+        os.close(procs_fd)
+    linux.unshare(linux.CLONE_NEWCGROUP)
 
 
 def address_space_in_use() -> int:

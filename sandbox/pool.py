@@ -11,7 +11,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,13 +21,19 @@ import sys
 import threading
 import time
 
-from . import isolation, protocol
+from . import isolation, protocol, view
+from .cgroups import MemoryCgroups
 from .limits import Limits
 from .protocol import FrameDecoder, FrameError, encode_frame
 
-BOOTSTRAP = ("import sys; sys.path.insert(0, {parent!r}); "
-             "from sandbox import zygote; zygote.main(sys.argv[1:])")
 MAX_NAME_BYTES = 255
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _clean(text):
+    """Text any tokenizer can encode: lone surrogates (from user exception messages) become
+    U+FFFD."""
+    return text if text is None else _SURROGATES.sub("\ufffd", text)
 
 
 class SandboxError(RuntimeError):
@@ -50,13 +58,19 @@ class ExecResult:
 class _Zygote:
     """The pool's sandbox: one warm process that forks sessions on request."""
 
-    def __init__(self, backend: str, limits: Limits, start_timeout_s: float, debug: bool):
+    def __init__(self, backend: str, limits: Limits, files: view.View, start_timeout_s: float,
+                 debug: bool):
         host_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        command = [sys.executable, "-I", "-c",
-                   BOOTSTRAP.format(parent=os.path.dirname(isolation.PACKAGE_DIR)),
-                   str(child_end.fileno()), backend, limits.to_json()]
+        arguments = [str(child_end.fileno()), limits.to_json(), json.dumps(files.packages)]
+        plan = isolation.filesystem_plan(files)
         if backend == "bwrap":
-            command = isolation.bwrap_argv(isolation.bwrap_path()) + command
+            command = (isolation.bwrap_argv(isolation.bwrap_path(), plan)
+                       + [files.python, "-I", "-c", isolation.ZYGOTE_BOOTSTRAP, *arguments])
+        else:
+            bootstrap = isolation.LAUNCH_BOOTSTRAP.format(
+                parent=os.path.dirname(view.PACKAGE_DIR))
+            command = [sys.executable, "-I", "-c", bootstrap, json.dumps(plan), files.python,
+                       *arguments]
         self.process = subprocess.Popen(
             command, pass_fds=[child_end.fileno()], env=dict(isolation.SANDBOX_ENV), cwd="/",
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -97,10 +111,11 @@ class _Zygote:
                 raise SandboxError(f"the sandbox zygote is gone: {exc}") from None
             return self._receive(30.0)
 
-    def spawn(self, uid: int):
+    def spawn(self, uid: int, cgroup_fd: int | None):
         host_end, session_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = [session_end.fileno()] + ([] if cgroup_fd is None else [cgroup_fd])
         try:
-            reply = self.request({"op": "spawn", "uid": uid}, [session_end.fileno()])
+            reply = self.request({"op": "spawn", "uid": uid}, fds)
         finally:
             session_end.close()
         pid = reply.get("pid")
@@ -157,13 +172,16 @@ class InterpreterPool:
     num_workers bounds concurrent executions; sessions beyond max_sessions evict the least
     recently used idle one (its next call reports session_reset). backend is 'auto',
     'bwrap' or 'namespaces'; the pool refuses to start when strong isolation is not
-    achievable. Further keyword arguments override fields of `Limits`.
+    achievable. packages are the import names snippets may use (with what they require);
+    nothing else installed is visible to them. memory_mb bounds each session as a whole
+    where the machine has a writable memory cgroup, and each process's address space always.
+    Further keyword arguments override fields of `Limits`.
     """
 
     def __init__(self, num_workers: int = 4, timeout_s: float = 15.0, memory_mb: int = 1024,
-                 *, backend: str = "auto", max_sessions: int | None = None,
-                 uid_base: int = 2_000_000_000, start_timeout_s: float = 120.0,
-                 debug: bool = False, **limits):
+                 *, backend: str = "auto", packages=view.DEFAULT_PACKAGES,
+                 max_sessions: int | None = None, uid_base: int = 2_000_000_000,
+                 start_timeout_s: float = 120.0, debug: bool = False, **limits):
         if type(num_workers) is not int or num_workers < 1:
             raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
         unknown = set(limits) - {f.name for f in dataclasses.fields(Limits)}
@@ -175,16 +193,28 @@ class InterpreterPool:
             raise ValueError("max_sessions must be an int greater than num_workers")
         if type(uid_base) is not int or not 1000 <= uid_base <= 2**32 - 2 - self.max_sessions:
             raise ValueError(f"uid_base {uid_base!r} leaves no room for max_sessions uids")
+        if (isinstance(packages, str) or not all(isinstance(p, str) and p.isidentifier()
+                                                  for p in packages)):
+            raise TypeError(f"packages must be a list of import names, got {packages!r}")
         self.num_workers = num_workers
         self.backend = isolation.choose_backend(backend)
-        self.isolation = isolation.report(self.backend, self.limits)
+        self.view = view.build(tuple(packages))
+        self._cgroups = MemoryCgroups.create(self.limits.memory_mb)
+        memory = (self._cgroups.describe() if self._cgroups is not None else
+                  f"memory: no writable memory cgroup here, so only each process's address "
+                  f"space is bounded (+{self.limits.memory_mb} MB)")
+        self.isolation = isolation.report(self.backend, self.limits, self.view, memory)
         self._start_timeout_s = start_timeout_s
         self._debug = debug
         self._closed = False
         self._lock = threading.Lock()      # sessions map, uids, zygote replacement
         self._sessions: collections.OrderedDict = collections.OrderedDict()
         self._free_uids = list(range(uid_base + self.max_sessions - 1, uid_base - 1, -1))
-        self._zygote = _Zygote(self.backend, self.limits, start_timeout_s, debug)
+        try:
+            self._zygote = self._new_zygote()
+        except BaseException:
+            self._close_cgroups()
+            raise
         self._executor = concurrent.futures.ThreadPoolExecutor(
             num_workers, thread_name_prefix="sandbox-call")
 
@@ -243,6 +273,7 @@ class InterpreterPool:
                 session.sock.close()   # wakes any call blocked on it
         self._zygote.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._close_cgroups()
         for session in sessions:
             for _, _, future in session.queue:
                 future.cancel()
@@ -252,6 +283,13 @@ class InterpreterPool:
         with self._lock:
             return sum(1 for s in self._sessions.values() if s.pid is not None)
 
+    def _new_zygote(self) -> _Zygote:
+        return _Zygote(self.backend, self.limits, self.view, self._start_timeout_s, self._debug)
+
+    def _close_cgroups(self) -> None:
+        if self._cgroups is not None:
+            self._cgroups.close()
+
     # -- validation ---------------------------------------------------------------------------
 
     def _check_call(self, session_id, code, files) -> None:
@@ -259,7 +297,12 @@ class InterpreterPool:
             raise TypeError(f"session_id must be a str or int, got {type(session_id).__name__}")
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, got {type(code).__name__}")
-        if len(code.encode("utf-8", "surrogatepass")) > self.limits.max_code_bytes:
+        try:
+            size = len(code.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"code is not valid UTF-8 text: {exc.reason} at character "
+                             f"{exc.start}") from None
+        if size > self.limits.max_code_bytes:
             raise ValueError(f"code is longer than {self.limits.max_code_bytes} bytes")
         if files is None:
             return
@@ -268,7 +311,8 @@ class InterpreterPool:
         total = 0
         for name, data in files.items():
             if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name
-                    or "\0" in name or len(name.encode()) > MAX_NAME_BYTES):
+                    or "\0" in name or _SURROGATES.search(name)
+                    or len(name.encode()) > MAX_NAME_BYTES):
                 raise ValueError(f"file name {name!r} must be a plain file name (no '/')")
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError(f"files[{name!r}] must be bytes, got {type(data).__name__}")
@@ -298,8 +342,7 @@ class InterpreterPool:
             for session in self._sessions.values():
                 if session.pid is not None:
                     session.reset_reason = "the sandbox was restarted"
-            self._zygote = _Zygote(self.backend, self.limits, self._start_timeout_s,
-                                   self._debug)
+            self._zygote = self._new_zygote()
 
     def _start(self, session: _Session) -> None:
         self._ensure_zygote()
@@ -311,12 +354,18 @@ class InterpreterPool:
             if not self._free_uids:
                 raise SandboxError("no free session uid (too many sessions busy at once)")
             uid = self._free_uids.pop()
+        cgroup_fd = None
         try:
-            pid, sock = self._zygote.spawn(uid)
+            if self._cgroups is not None:
+                cgroup_fd = self._cgroups.session_procs(uid)
+            pid, sock = self._zygote.spawn(uid, cgroup_fd)
         except BaseException:
             with self._lock:
                 self._free_uids.append(uid)
             raise
+        finally:
+            if cgroup_fd is not None:
+                os.close(cgroup_fd)
         session.pid, session.uid, session.sock = pid, uid, sock
         session.decoder = FrameDecoder(
             max_header_bytes=protocol.header_limit(2 * self.limits.max_output_bytes),
@@ -427,10 +476,10 @@ class InterpreterPool:
         images, notes = protocol.check_images(reply["_blobs"], self.limits.max_image_pixels,
                                               self.limits.max_png_bytes)
         return ExecResult(
-            stdout=protocol.field(reply, "stdout", str, "", max_len=text_cap),
-            stderr=protocol.field(reply, "stderr", str, "", max_len=text_cap)
-            + "".join(n + "\n" for n in notes),
+            stdout=_clean(protocol.field(reply, "stdout", str, "", max_len=text_cap)),
+            stderr=_clean(protocol.field(reply, "stderr", str, "", max_len=text_cap)
+                          + "".join(n + "\n" for n in notes)),
             images=images,
-            error=protocol.field(reply, "error", str, max_len=2048),
+            error=_clean(protocol.field(reply, "error", str, max_len=2048)),
             timed_out=protocol.field(reply, "timed_out", bool, False),
             session_reset=protocol.field(reply, "session_reset", bool, False))

@@ -1,7 +1,9 @@
 """A seccomp filter for the interpreter: deny the syscalls that only widen the kernel's
-attack surface (new namespaces, mounts, tracing, BPF, keyrings, io_uring, modules).
+attack surface (new namespaces, mounts, tracing, BPF, keyrings, io_uring, modules), memory
+that escapes per-process accounting (SysV IPC, POSIX message queues, memfd), and sockets of
+any family but AF_UNIX (vsock and netlink are not confined by a network namespace).
 
-The uid drop already makes most of them fail; the filter also closes what an unprivileged
+The uid drop already makes many of them fail; the filter also closes what an unprivileged
 user may still do, above all creating user namespaces. Everything else is allowed, so
 numpy, cv2 and subprocesses behave normally. x86_64 only; elsewhere `supported()` is False.
 """
@@ -31,8 +33,13 @@ DENIED = {
     "open_by_handle_at": 304, "name_to_handle_at": 303, "io_uring_setup": 425,
     "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428, "move_mount": 429,
     "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442,
+    "shmget": 29, "shmat": 30, "shmctl": 31, "shmdt": 67, "semget": 64, "semop": 65,
+    "semctl": 66, "semtimedop": 220, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71,
+    "mq_open": 240, "memfd_create": 319, "memfd_secret": 447,
 }
 CLONE, CLONE3 = 56, 435
+SOCKET, SOCKETPAIR = 41, 53
+AF_UNIX = 1
 NAMESPACE_FLAGS = (linux.CLONE_NEWNS | linux.CLONE_NEWCGROUP | linux.CLONE_NEWUTS
                    | linux.CLONE_NEWIPC | linux.CLONE_NEWUSER | linux.CLONE_NEWPID
                    | linux.CLONE_NEWNET)
@@ -65,6 +72,14 @@ def _program():
     ]
     for number in sorted(DENIED.values()):
         code += [(_JEQ_K, 0, 1, number), (_RET_K, 0, 0, deny)]
+    for number in (SOCKET, SOCKETPAIR):
+        code += [
+            (_JEQ_K, 0, 4, number),
+            (_LD_W_ABS, 0, 0, 16),                   # args[0]: the address family
+            (_JEQ_K, 0, 1, AF_UNIX),
+            (_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+            (_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.EAFNOSUPPORT),
+        ]
     code += [
         (_JEQ_K, 0, 1, CLONE3),                      # clone3 hides its flags in memory;
         (_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.ENOSYS),  # ENOSYS makes libc use clone
@@ -75,6 +90,12 @@ def _program():
         (_RET_K, 0, 0, SECCOMP_RET_ALLOW),
     ]
     return code
+
+
+def describe() -> str:
+    return ("only AF_UNIX sockets can be created (AF_INET, AF_INET6, AF_NETLINK, AF_VSOCK, ... "
+            "fail with EAFNOSUPPORT); SysV IPC, POSIX message queues, memfd_create, namespace "
+            "creation, mount, ptrace, bpf, keyrings, io_uring and module syscalls denied")
 
 
 def install() -> None:

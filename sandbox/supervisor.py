@@ -1,9 +1,12 @@
 """The session supervisor: pid 1 of one session's namespaces, holder of the host channel.
 
-It runs no user code. It forks the interpreter (which drops to the session's uid), relays
-requests to it, drains its stdout/stderr with caps, enforces the wall-clock timeout by
-killing every process of the session, and sends the host a result it has validated.
-User code can write anything to its pipes; at worst its own session is reset.
+It runs no user code. It forks the interpreter (which joins the session's memory cgroup and
+drops to the session's uid), relays requests to it, drains its stdout/stderr with caps,
+enforces the wall-clock timeout by killing every process of the session, and sends the host
+a result it has validated. When a call returns it kills every other process the call left,
+restarts an interpreter the call left with threads running, and stops the interpreter until
+the next call: nothing of a session runs between its calls. User code can write anything to
+its pipes; at worst its own session is reset.
 """
 from __future__ import annotations
 
@@ -34,16 +37,31 @@ def _describe_exit(status: int) -> str:
     return f"the interpreter exited with status {os.WEXITSTATUS(status)} (os._exit?)"
 
 
+def _session_pids() -> list:
+    """Live processes of this session (its own /proc), zombies left out."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    state = stat.read().rpartition(b")")[2].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state != b"Z":
+                pids.append(int(entry))
+    return pids
+
+
 class Interpreter:
     """Handle on the interpreter process and the supervisor's ends of its pipes."""
 
-    def __init__(self, uid: int, limits):
+    def __init__(self, uid: int, limits, cgroup_fd: int):
         ends = [os.pipe() for _ in range(4)]  # request, result, stdout, stderr
         (req_r, req_w), (res_r, res_w), (out_r, out_w), (err_r, err_w) = ends
         pid = os.fork()
         if pid == 0:
             self._become_interpreter([os.open("/dev/null", os.O_RDONLY), out_w, err_w,
-                                      req_r, res_w], uid, limits)
+                                      req_r, res_w], uid, limits, cgroup_fd)
         for fd in (req_r, res_w, out_w, err_w):
             os.close(fd)
         for fd in (req_w, res_r, out_r, err_r):
@@ -52,11 +70,18 @@ class Interpreter:
         self.pidfd = os.pidfd_open(pid)
         self.request, self.result, self.stdout, self.stderr = req_w, res_r, out_r, err_r
         self.exit_status = None
+        self.stopped = False   # by the supervisor, between calls
         self.outgoing = bytearray()
 
     @staticmethod
-    def _become_interpreter(fds, uid, limits):
+    def _become_interpreter(fds, uid, limits, cgroup_fd):
         try:
+            try:
+                isolation.join_memory_cgroup(cgroup_fd)
+            except OSError as exc:  # said on stderr, which the next call returns
+                os.write(fds[2], f"[the interpreter could not start: cannot join the "
+                                 f"session's memory cgroup: {exc}]\n".encode())
+                os._exit(1)
             # Lift the five descriptors out of the way, then place them at 0..4.
             high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in fds]
             for target, fd in enumerate(high):
@@ -84,8 +109,9 @@ class Interpreter:
 
 
 class Supervisor:
-    def __init__(self, channel_fd: int, uid: int, limits):
+    def __init__(self, channel_fd: int, cgroup_fd: int, uid: int, limits):
         self.channel = socket.socket(fileno=channel_fd)
+        self.cgroup_fd = cgroup_fd
         self.uid = uid
         self.limits = limits
         self.host_frames = FrameDecoder(
@@ -110,7 +136,7 @@ class Supervisor:
     def main(self) -> None:
         try:
             isolation.setup_session_mounts(self.uid, self.limits)
-            self.interp = Interpreter(self.uid, self.limits)
+            self.interp = Interpreter(self.uid, self.limits, self.cgroup_fd)
         except Exception as exc:
             self._send({"op": "failed", "error": f"session setup failed: {exc}"})
             return
@@ -150,8 +176,40 @@ class Supervisor:
 
     def _restart_interpreter(self) -> None:
         self._kill_session_processes()
-        self.interp = Interpreter(self.uid, self.limits)
+        self.interp = Interpreter(self.uid, self.limits, self.cgroup_fd)
         self.reseed = True
+
+    def _kill_strays(self) -> None:
+        """Kill every process of the session but this one and the interpreter."""
+        keep = (os.getpid(), self.interp.pid)
+        while True:
+            strays = [pid for pid in _session_pids() if pid not in keep]
+            if not strays:
+                return
+            for pid in strays:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self._reap()
+
+    def _settle(self) -> str | None:
+        """The call returned: stop the interpreter and end everything else the call started.
+        Returns why the interpreter had to be replaced, if it had."""
+        interp = self.interp
+        # Once the stop is pending the interpreter can create no thread or process (the
+        # kernel restarts such a clone after the stop), so the count below is final. The
+        # stop itself completes off the critical path (see _resume).
+        os.kill(interp.pid, signal.SIGSTOP)
+        interp.stopped = True
+        self._kill_strays()
+        threads = len(os.listdir(f"/proc/{interp.pid}/task")) - 1
+        if threads == 0:
+            return None
+        self._collect_output()
+        self._restart_interpreter()
+        return (f"the call left {threads} thread(s) running; they were ended with a fresh "
+                f"interpreter: variables were lost, files kept")
 
     # -- event loop -----------------------------------------------------------------------
 
@@ -218,6 +276,17 @@ class Supervisor:
             self._start_call(header, blobs)
         return True
 
+    def _resume(self) -> None:
+        """Before a call: wait until the stop requested after the last call took effect, drop
+        whatever the session wrote until then (it belongs to no call), and continue it."""
+        interp = self.interp
+        _, status = os.waitpid(interp.pid, os.WUNTRACED)
+        if not os.WIFSTOPPED(status):  # it died meanwhile; the pidfd reports it as a fault
+            interp.exit_status = status
+        self._collect_output()
+        os.kill(interp.pid, signal.SIGCONT)
+        interp.stopped = False
+
     def _start_call(self, header: dict, blobs) -> None:
         seq = header.get("seq")
         names = header.get("files", [])
@@ -226,6 +295,8 @@ class Supervisor:
         if self.reseed:
             files = {**self.seed_files, **files}
             self.reseed = False
+        if self.interp.stopped:
+            self._resume()
         # Output the session produced between calls belongs to no call; keep it out.
         self._new_call_buffers()
         self.call = (seq, time.monotonic() + self.limits.timeout_s)
@@ -263,7 +334,10 @@ class Supervisor:
         except FrameError as exc:
             self._fault(f"protocol violation on the result channel: {exc}")
             return
-        self._finish(error=error, blobs=blobs)
+        replaced = self._settle()
+        if replaced is not None:
+            self.err.write(f"[{replaced}]\n".encode())
+        self._finish(error=error, blobs=blobs, session_reset=replaced is not None)
 
     def _collect_output(self):
         if self.interp is not None:
@@ -300,15 +374,20 @@ class Supervisor:
             self.reset_reason = reason
 
 
-def run(channel_fd: int, uid: int, limits_json: str) -> None:
-    """Entry point in the forked session process; never returns."""
+def run(channel_fd: int, cgroup_fd: int, uid: int, limits_json: str) -> None:
+    """Entry point in the forked session process; never returns. cgroup_fd is -1 when the
+    pool has no memory cgroups."""
     from .limits import Limits
     status = 0
     try:
-        os.closerange(3, channel_fd)
-        os.closerange(channel_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        keep = sorted(fd for fd in (channel_fd, cgroup_fd) if fd >= 0)
+        low = 3
+        for fd in keep:
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, os.sysconf("SC_OPEN_MAX"))
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        Supervisor(channel_fd, uid, Limits.from_json(limits_json)).main()
+        Supervisor(channel_fd, cgroup_fd, uid, Limits.from_json(limits_json)).main()
     except BaseException:
         status = 1
     finally:

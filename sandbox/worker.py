@@ -12,11 +12,11 @@ import builtins
 import io
 import linecache
 import os
+import stat
 import sys
 import traceback
 
-from . import capture
-from . import protocol
+from . import capture, isolation, protocol
 from .protocol import FrameDecoder, FrameError, encode_frame, write_all
 
 REQUEST_FD = 3
@@ -54,14 +54,11 @@ class Interpreter:
 
     def write_files(self, names, blobs) -> None:
         for name, data in zip(names, blobs):
-            # O_NOFOLLOW: user code may have planted a symlink under the same name.
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with open(fd, "wb") as handle:
-                handle.write(data)
+            _write_seed_file(os.path.join(isolation.SESSION_WORKDIR, name), data)
         if INPUT_IMAGE in names:
             from PIL import Image
             try:
-                with Image.open(INPUT_IMAGE) as image:
+                with Image.open(os.path.join(isolation.SESSION_WORKDIR, INPUT_IMAGE)) as image:
                     image.load()
                     self.namespace["input_image"] = image.copy()
             except Exception as exc:  # a bad image is the caller's problem; say so
@@ -74,7 +71,7 @@ class Interpreter:
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         try:
             tree = ast.parse(code, filename, "exec")
-        except SyntaxError as exc:
+        except (SyntaxError, ValueError) as exc:  # ValueError: null bytes in the source
             sys.stderr.write("".join(traceback.format_exception_only(type(exc), exc)))
             return _short_error(exc)
         trailing = None
@@ -94,6 +91,26 @@ class Interpreter:
             _print_user_traceback(exc, filename)
             return _short_error(exc)
         return None
+
+
+def _write_seed_file(path: str, data: bytes) -> None:
+    """Never blocks: whatever user code left under the name that is not a regular file (a
+    FIFO whose open would wait for a reader, a socket, a symlink) is replaced."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(f"{os.path.basename(path)!r} is a directory")
+        os.unlink(path)
+    # O_NONBLOCK: should a FIFO appear after all, the open fails instead of waiting.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                 0o600)
+    with open(fd, "wb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{os.path.basename(path)!r} is not a regular file")
+        handle.write(data)
 
 
 def _reopen_std_streams() -> None:

@@ -1,13 +1,15 @@
 """The zygote: a warm interpreter inside the pool's sandbox that forks one process tree per
 session.
 
-It imports numpy, PIL, cv2 and matplotlib once, renders one figure to warm the font and
-PNG machinery, then serves two requests from the host over a SOCK_SEQPACKET control socket:
-`spawn` (with the session's channel socket passed as SCM_RIGHTS) and `kill`. It runs no
-user code, and no process running user code holds the control socket.
+It imports the packages snippets may use once, renders one figure to warm the font and PNG
+machinery, then serves two requests from the host over a SOCK_SEQPACKET control socket:
+`spawn` (with the session's channel socket, and its memory cgroup's cgroup.procs when there
+is one, passed as SCM_RIGHTS) and `kill`. It runs no user code, and no process running user
+code holds the control socket.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import select
@@ -18,35 +20,32 @@ import sys
 from . import isolation, linux, supervisor
 
 MAX_CONTROL_MESSAGE = 65536
+STDLIB_PRELOAD = ("base64", "bisect", "collections", "copy", "csv", "dataclasses", "datetime",
+                  "decimal", "fractions", "functools", "hashlib", "heapq", "itertools", "json",
+                  "math", "operator", "pathlib", "random", "re", "statistics", "string",
+                  "struct", "subprocess", "textwrap", "time", "typing")
 
 
-def preload() -> None:
-    import importlib
+def preload(packages) -> None:
     import io
 
-    for name in ("base64", "bisect", "collections", "copy", "csv", "dataclasses", "datetime",
-                 "decimal", "fractions", "functools", "hashlib", "heapq", "itertools", "json",
-                 "math", "operator", "pathlib", "random", "re", "statistics", "string",
-                 "struct", "subprocess", "textwrap", "time", "typing"):
+    for name in STDLIB_PRELOAD + tuple(packages):
         importlib.import_module(name)
-
-    import cv2
-    import matplotlib
-    import numpy  # noqa: F401
     from PIL import Image
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from . import capture, worker  # noqa: F401
-
-    cv2.setNumThreads(1)
     Image.init()  # load every image plugin now rather than on the first Image.open
-    figure = plt.figure(figsize=(2, 2))
-    plt.plot([0, 1], [0, 1])
-    plt.title("warm-up")
-    figure.savefig(io.BytesIO(), format="png", dpi=150, bbox_inches="tight")
-    plt.close(figure)
+    if "cv2" in packages:
+        sys.modules["cv2"].setNumThreads(1)
+    if "matplotlib" in packages:
+        matplotlib = sys.modules["matplotlib"]
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure = plt.figure(figsize=(2, 2))
+        plt.plot([0, 1], [0, 1])
+        plt.title("warm-up")
+        figure.savefig(io.BytesIO(), format="png", dpi=150, bbox_inches="tight")
+        plt.close(figure)
 
 
 def _reap(live: set) -> None:
@@ -60,7 +59,8 @@ def _reap(live: set) -> None:
         live.discard(pid)
 
 
-def _spawn(channel_fd: int, uid: int, limits_json: str, control: socket.socket) -> int:
+def _spawn(channel_fd: int, cgroup_fd: int, uid: int, limits_json: str,
+           control: socket.socket) -> int:
     """Fork a session: a short-lived child enters new namespaces and forks the supervisor,
     which becomes pid 1 there; its pid (as seen here) comes back through a pipe."""
     read_end, write_end = os.pipe()
@@ -73,7 +73,7 @@ def _spawn(channel_fd: int, uid: int, limits_json: str, control: socket.socket) 
             session_pid = os.fork()
             if session_pid == 0:
                 os.close(write_end)
-                supervisor.run(channel_fd, uid, limits_json)
+                supervisor.run(channel_fd, cgroup_fd, uid, limits_json)
             os.write(write_end, str(session_pid).encode())
         finally:
             os._exit(0)
@@ -90,9 +90,10 @@ def _handle(request: dict, fds: list, live: set, limits_json: str, control) -> d
     op = request.get("op")
     if op == "spawn":
         uid = request.get("uid")
-        if len(fds) != 1 or type(uid) is not int or uid <= 0:
-            return {"ok": False, "error": "spawn needs one channel fd and a positive uid"}
-        pid = _spawn(fds[0], uid, limits_json, control)
+        if len(fds) not in (1, 2) or type(uid) is not int or uid <= 0:
+            return {"ok": False, "error": "spawn needs a channel fd, at most one cgroup fd "
+                                          "and a positive uid"}
+        pid = _spawn(fds[0], fds[1] if len(fds) == 2 else -1, uid, limits_json, control)
         live.add(pid)
         return {"ok": True, "pid": pid}
     if op == "kill":
@@ -103,8 +104,8 @@ def _handle(request: dict, fds: list, live: set, limits_json: str, control) -> d
     return {"ok": False, "error": f"unknown op {op!r}"}
 
 
-def serve(control_fd: int, limits_json: str) -> None:
-    preload()
+def serve(control_fd: int, limits_json: str, packages) -> None:
+    preload(packages)
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
     control = socket.socket(fileno=control_fd)
     live: set = set()
@@ -129,24 +130,13 @@ def serve(control_fd: int, limits_json: str) -> None:
 
 
 def main(argv) -> None:
-    """argv: control fd, backend, limits JSON. For the namespace backend this process is
-    still on the host: it enters new namespaces and builds the sandbox root first."""
-    control_fd, backend, limits_json = int(argv[0]), argv[1], argv[2]
-    if backend == "namespaces":
-        linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWNET
-                      | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS)
-        child = os.fork()
-        if child != 0:  # stays on the host only to mirror the zygote's exit
-            os.close(control_fd)
-            _, status = os.waitpid(child, 0)
-            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-        isolation.enter_private_root(isolation.filesystem_plan())
+    """Inside the view (both backends). argv: control fd, limits JSON, packages JSON."""
+    control_fd, limits_json, packages = int(argv[0]), argv[1], json.loads(argv[2])
     os.environ.clear()
     os.environ.update(isolation.SANDBOX_ENV)
     os.makedirs(isolation.SANDBOX_ENV["MPLCONFIGDIR"], exist_ok=True)
     try:
-        serve(control_fd, limits_json)
+        serve(control_fd, limits_json, packages)
     finally:
         sys.stdout.flush()
         os._exit(0)

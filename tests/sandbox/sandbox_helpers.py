@@ -34,21 +34,27 @@ def make_pool(backend, **options):
 
 
 def sandbox_uid_processes(uid_base=UID_BASE, count=MAX_SESSIONS):
-    """Host pids of processes running as any session uid of a test pool."""
+    """Host pids of live (not zombie) processes running as any session uid of a test pool."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/status") as status:
-                for line in status:
-                    if line.startswith("Uid:"):
-                        if uid_base <= int(line.split()[1]) < uid_base + count:
-                            found.append(int(entry))
-                        break
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
         except OSError:
             continue
+        uid = int(fields.get("Uid", "-1 ").split()[0])
+        if uid_base <= uid < uid_base + count and not fields["State"].strip().startswith("Z"):
+            found.append(int(entry))
     return found
+
+
+def cpu_ticks(pid):
+    """User + system CPU time of a host process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def wait_until(predicate, timeout=5.0):

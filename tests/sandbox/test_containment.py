@@ -1,0 +1,259 @@
+"""The bounds of issue 8: what a session sees of the host, how much memory it may hold in all,
+that nothing of a call outlives it, seed files that never block, socket families, and text
+that any tokenizer can encode. Each case asserts the bound AND that the session still serves.
+"""
+import os
+import textwrap
+import time
+
+import pytest
+
+import sandbox
+from sandbox import InterpreterPool, MissingPackage
+
+from sandbox_helpers import cpu_ticks, sandbox_uid_processes
+
+
+def run(pool, session_id, code, **kwargs):
+    return pool.execute(session_id, textwrap.dedent(code), **kwargs)
+
+
+# -- the view ----------------------------------------------------------------------------------
+
+def test_a_walk_of_the_root_finds_nothing_of_the_host_or_other_sessions(roomy_pool, session_id):
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(sandbox.__file__)))
+    markers = [os.path.join(os.path.expanduser("~"), "codedance-home-marker.txt"),
+               os.path.join(checkout, "codedance-checkout-marker.txt")]
+    for path in markers:
+        with open(path, "w") as handle:
+            handle.write("host")
+    victim, attacker = session_id + "-victim", session_id + "-attacker"
+    try:
+        roomy_pool.execute(victim, "secret = 'hunter3'\nopen('private.txt', 'w').write('hunter3')")
+        result = run(roomy_pool, attacker, """
+            import os
+            names = {'private.txt', 'codedance-home-marker.txt', 'codedance-checkout-marker.txt',
+                     'pytest.ini', 'requirements.txt'}
+            hits, files = [], 0
+            for root, dirs, found in os.walk('/', onerror=lambda e: None):
+                if root in ('/proc', '/sys'):
+                    dirs[:] = []
+                    continue
+                files += len(found)
+                hits += [os.path.join(root, f) for f in found if f in names]
+            print(hits, 'secret' in globals(), files)
+        """)
+    finally:
+        for path in markers:
+            os.remove(path)
+    hits, secret, files = result.stdout.rsplit(" ", 2)
+    assert (hits, secret) == ("[]", "False"), result
+    assert int(files) < 60_000, "the view holds far more than the allowlist"
+    assert roomy_pool.execute(victim, "secret").stdout == "'hunter3'\n"
+
+
+def test_only_allowlisted_packages_import(pool, session_id):
+    result = run(pool, session_id, """
+        import importlib
+        outcome = {}
+        for name in ('numpy', 'PIL', 'cv2', 'matplotlib', 'scipy', 'sympy',
+                     'torch', 'jax', 'transformers', 'flax', 'pytest', 'models', 'rollout'):
+            try:
+                importlib.import_module(name)
+                outcome[name] = 'ok'
+            except ImportError:
+                outcome[name] = 'absent'
+        print(outcome)
+    """)
+    assert eval(result.stdout) == {
+        "numpy": "ok", "PIL": "ok", "cv2": "ok", "matplotlib": "ok", "scipy": "ok", "sympy": "ok",
+        "torch": "absent", "jax": "absent", "transformers": "absent", "flax": "absent",
+        "pytest": "absent", "models": "absent", "rollout": "absent"}, result
+
+
+def test_a_missing_or_malformed_package_list_is_named():
+    with pytest.raises(MissingPackage, match="'no_such_package_xyz' is not installed"):
+        InterpreterPool(num_workers=1, packages=["numpy", "no_such_package_xyz"])
+    with pytest.raises(TypeError, match="list of import names"):
+        InterpreterPool(num_workers=1, packages="numpy")
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+def test_a_session_is_bounded_as_a_whole(roomy_pool, session_id):
+    if "cgroup" not in roomy_pool.isolation.describe():
+        pytest.skip("no writable memory cgroup here: only per-process bounds apply")
+    # Three children of 400 MB each: every one within its own address-space bound (+512 MB),
+    # any two over the session's bound (512 + 128 MB). Each says when it holds its memory, then waits; the parent
+    # waits until every child holds or is dead.
+    result = run(roomy_pool, session_id, """
+        import os, signal, time
+        children = {}
+        for _ in range(3):
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                block = bytearray(400 * 2 ** 20)
+                for i in range(0, len(block), 4096):
+                    block[i] = 1
+                os.write(write_end, b'h')
+                time.sleep(1000)
+            os.close(write_end)
+            os.set_blocking(read_end, False)
+            children[pid] = read_end
+        holding, dead = set(), {}
+        while len(holding) + len(dead) < 3:
+            for pid, read_end in children.items():
+                if pid in dead:
+                    continue
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    dead[pid] = status
+                    holding.discard(pid)
+                elif pid not in holding:
+                    try:
+                        if os.read(read_end, 1):
+                            holding.add(pid)
+                    except BlockingIOError:
+                        pass
+            time.sleep(0.01)
+        # Nothing allocates any more; a child killed by the last allocation is reaped now.
+        time.sleep(0.5)
+        for pid in list(holding):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                dead[pid] = status
+                holding.discard(pid)
+        killed = sum(os.WIFSIGNALED(s) and os.WTERMSIG(s) == signal.SIGKILL for s in dead.values())
+        print(len(holding), killed)
+    """)
+    holding, killed = map(int, result.stdout.split())
+    assert holding <= 1 and killed >= 2, result
+    assert run(roomy_pool, session_id, "print('fine')").stdout == "fine\n"
+
+
+def test_shared_memory_and_memfd_are_denied(pool, session_id):
+    result = run(pool, session_id, """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        results = [libc.syscall(29, 0, 1 << 20, 0o1600),   # shmget(IPC_PRIVATE, 1 MB, IPC_CREAT)
+                   libc.syscall(64, 0, 1, 0o1600),         # semget
+                   libc.syscall(68, 0, 0o1600)]            # msgget
+        try:
+            os.memfd_create('x')
+            results.append('memfd')
+        except OSError:
+            results.append(-1)
+        print(results)
+    """)
+    assert result.stdout == "[-1, -1, -1, -1]\n", result
+
+
+# -- nothing outlives a call -------------------------------------------------------------------
+
+def session_uid(pool, session_id):
+    return int(pool.execute(session_id, "import os; os.getuid()").stdout)
+
+
+def test_processes_a_call_started_end_with_it(pool, session_id):
+    result = run(pool, session_id, """
+        import os, subprocess, time
+        kept = 7
+        if os.fork() == 0:           # double fork + setsid: a daemon writing into our stdout
+            os.setsid()
+            if os.fork() == 0:
+                while True:
+                    print('daemon', flush=True)
+                    time.sleep(0.001)
+            os._exit(0)
+        subprocess.Popen(['sleep', '1000'], start_new_session=True)
+        time.sleep(0.05)
+    """)
+    assert not result.session_reset, result
+    uid = session_uid(pool, session_id)
+    [interpreter] = sandbox_uid_processes(uid, 1)
+    after = run(pool, session_id, "print(kept)")
+    assert after.stdout == "7\n", after  # variables kept, nothing of the daemon
+    assert sandbox_uid_processes(uid, 1) == [interpreter]
+
+
+def test_threads_a_call_left_running_end_and_nothing_reaches_the_next_call(pool, session_id):
+    result = run(pool, session_id, """
+        import threading, time
+        def spin():
+            while True:
+                print('thread', flush=True)
+        for _ in range(2):
+            threading.Thread(target=spin, daemon=True).start()
+        time.sleep(0.05)
+    """)
+    assert result.session_reset and "thread(s) running" in result.stderr, result
+    second = run(pool, session_id, "print('second')")
+    assert (second.stdout, second.error) == ("second\n", None), second
+    uid = session_uid(pool, session_id)
+    [interpreter] = sandbox_uid_processes(uid, 1)
+    # Between calls the interpreter is stopped: it accrues no CPU time at all.
+    before = cpu_ticks(interpreter)
+    time.sleep(0.5)
+    assert cpu_ticks(interpreter) == before
+
+
+def test_a_fifo_at_a_seed_path_never_blocks(pool, session_id):
+    run(pool, session_id, "import os\nos.mkfifo('notes.txt')\nos.mkfifo('/tmp/pipe')")
+    for _ in range(2):
+        result = pool.execute(session_id, "print(open('notes.txt').read())",
+                              files={"notes.txt": b"data"})
+        assert (result.stdout, result.error, result.timed_out) == ("data\n", None, False), result
+    run(pool, session_id, "import os\nos.remove('notes.txt')\nos.mkdir('notes.txt')")
+    refused = pool.execute(session_id, "print('ran')", files={"notes.txt": b"data"})
+    assert "could not write the session files" in refused.error and "directory" in refused.error
+    assert run(pool, session_id, "print('fine')").stdout == "fine\n"
+
+
+# -- sockets -----------------------------------------------------------------------------------
+
+def test_only_unix_sockets_can_be_created(pool, session_id):
+    # Creation only: nothing here connects anywhere.
+    result = run(pool, session_id, """
+        import errno, socket
+        created = []
+        for family in range(2, 46):
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW):
+                try:
+                    socket.socket(family, kind).close()
+                    created.append((family, kind))
+                except OSError as exc:
+                    if exc.errno != errno.EAFNOSUPPORT:
+                        created.append((family, kind, exc.errno))
+        a, b = socket.socketpair(socket.AF_UNIX)
+        a.send(b'unix ok')
+        print(created, b.recv(16).decode())
+    """)
+    assert result.stdout == "[] unix ok\n", result
+
+
+# -- text --------------------------------------------------------------------------------------
+
+def test_every_text_field_is_encodable(pool, session_id):
+    result = run(pool, session_id, """
+        import os, sys
+        print('\\ud800 out')
+        os.write(1, b'\\xff raw\\n')
+        sys.stderr.write('\\udcff err\\n')
+        raise ValueError('\\ud800 in the message')
+    """)
+    for text in (result.stdout, result.stderr, result.error):
+        text.encode("utf-8")
+    assert result.error.startswith("ValueError") and "in the message" in result.error
+
+
+def test_code_that_is_not_utf8_is_refused_and_the_session_kept(pool, session_id):
+    pool.execute(session_id, "kept = 5")
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        pool.execute(session_id, "print('\udcff')")
+    with pytest.raises(ValueError, match="plain file name"):
+        pool.execute(session_id, "1", files={"\udcff.txt": b""})
+    result = pool.execute(session_id, "kept")
+    assert (result.stdout, result.session_reset) == ("5\n", False)
+    assert pool.execute(session_id, "x = 1\0").error.startswith(("SyntaxError", "ValueError"))
+    assert pool.execute(session_id, "kept").stdout == "5\n"
