@@ -61,13 +61,14 @@ flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.mark_flags_as_required(["benchmark", "out_dir"])
 
 
-def make_judge():
+def make_judge(index: int):
     if not FLAGS.judge_url:
         return None
     from codedance_jax.rewards.judge import Judge, JudgeConfig
+    os.makedirs(FLAGS.out_dir, exist_ok=True)
     return Judge(JudgeConfig(base_url=FLAGS.judge_url, model=FLAGS.judge_model,
                              fallback_to_rules=FLAGS.judge_fallback_to_rules,
-                             cache_path=os.path.join(FLAGS.out_dir, "judge_cache.json")))
+                             cache_path=os.path.join(FLAGS.out_dir, f"judge_cache.{index}.json")))
 
 
 class _Model:
@@ -173,7 +174,7 @@ def main(argv):
     model = _Model()
     try:
         index, count = process_split()
-        judge = make_judge()
+        judge = make_judge(index)
         for spec, path in zip(specs, data):
             out_dir = FLAGS.out_dir if len(specs) == 1 else os.path.join(FLAGS.out_dir, spec.split(":")[0])
             evaluate(spec, path, out_dir, model, judge, index, count)
