@@ -79,8 +79,11 @@ def test_bad_rows_and_images_are_counted_skips_naming_file_row_and_field(tiny_ck
             {"image": {"bytes": png(2), "path": None}, "text": "t", "question": "How many?", "number": None},
             {"image": None, "text": "t", "question": "How many birds?", "number": 1}]
     data = write_parquet(str(tmp_path / "countbench.parquet"), rows)
-    out = str(tmp_path / "out")
-    run_main(f"--ckpt_dir={tiny_ckpt}", "--benchmark=countbenchqa", f"--data={data}", f"--out_dir={out}")
+    # Two benchmarks in one run: each gets its own folder under --out_dir.
+    run_main(f"--ckpt_dir={tiny_ckpt}", "--benchmark=synthetic:num=1,countbenchqa", f"--data=,{data}",
+             f"--out_dir={tmp_path}")
+    assert len(predictions.read_predictions(str(tmp_path / "synthetic" / "predictions.jsonl"))) == 1
+    out = str(tmp_path / "countbenchqa")
     records = {r["id"]: r for r in predictions.read_predictions(os.path.join(out, "predictions.jsonl"))}
     assert sorted(records) == ["0", "1"]
     assert f"{data}, row 1, field 'image'" in records["1"]["skipped"] and "cannot be decoded" in records["1"]["skipped"]
