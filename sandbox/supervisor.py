@@ -37,19 +37,19 @@ def _describe_exit(status: int) -> str:
     return f"the interpreter exited with status {os.WEXITSTATUS(status)} (os._exit?)"
 
 
-def _session_pids() -> list:
-    """Live processes of this session (its own /proc), zombies left out."""
-    pids = []
-    for entry in os.listdir("/proc"):
+def _live(directory: str) -> list:
+    """Numeric entries of a /proc directory whose process or thread is not dead or a zombie."""
+    found = []
+    for entry in os.listdir(directory):
         if entry.isdigit():
             try:
-                with open(f"/proc/{entry}/stat", "rb") as stat:
+                with open(f"{directory}/{entry}/stat", "rb") as stat:
                     state = stat.read().rpartition(b")")[2].split()[0]
             except (OSError, IndexError):
                 continue
-            if state != b"Z":
-                pids.append(int(entry))
-    return pids
+            if state not in (b"Z", b"X"):
+                found.append(int(entry))
+    return found
 
 
 class Interpreter:
@@ -71,6 +71,7 @@ class Interpreter:
         self.request, self.result, self.stdout, self.stderr = req_w, res_r, out_r, err_r
         self.exit_status = None
         self.stopped = False   # by the supervisor, between calls
+        self.stop_seen = False  # that stop was reported by waitpid
         self.outgoing = bytearray()
 
     @staticmethod
@@ -183,7 +184,7 @@ class Supervisor:
         """Kill every process of the session but this one and the interpreter."""
         keep = (os.getpid(), self.interp.pid)
         while True:
-            strays = [pid for pid in _session_pids() if pid not in keep]
+            strays = [pid for pid in _live("/proc") if pid not in keep]
             if not strays:
                 return
             for pid in strays:
@@ -201,10 +202,15 @@ class Supervisor:
         # kernel restarts such a clone after the stop), so the count below is final. The
         # stop itself completes off the critical path (see _resume).
         os.kill(interp.pid, signal.SIGSTOP)
-        interp.stopped = True
+        interp.stopped, interp.stop_seen = True, False
         self._kill_strays()
-        threads = len(os.listdir(f"/proc/{interp.pid}/task")) - 1
-        if threads == 0:
+        if len(os.listdir(f"/proc/{interp.pid}/task")) == 1:
+            return None
+        # A joined thread can still be on its way out: count the threads left once stopped.
+        if not self._wait_stopped():
+            return None
+        threads = len(_live(f"/proc/{interp.pid}/task")) - 1
+        if threads <= 0:
             return None
         self._collect_output()
         self._restart_interpreter()
@@ -276,13 +282,26 @@ class Supervisor:
             self._start_call(header, blobs)
         return True
 
+    def _wait_stopped(self) -> bool:
+        """Wait until the interpreter's stop took effect; False if it died instead (its pidfd
+        then reports that as a fault)."""
+        interp = self.interp
+        if not interp.stop_seen:
+            try:
+                _, status = os.waitpid(interp.pid, os.WUNTRACED)
+            except ChildProcessError:  # already reaped
+                return False
+            if not os.WIFSTOPPED(status):
+                interp.exit_status = status
+                return False
+            interp.stop_seen = True
+        return True
+
     def _resume(self) -> None:
         """Before a call: wait until the stop requested after the last call took effect, drop
         whatever the session wrote until then (it belongs to no call), and continue it."""
         interp = self.interp
-        _, status = os.waitpid(interp.pid, os.WUNTRACED)
-        if not os.WIFSTOPPED(status):  # it died meanwhile; the pidfd reports it as a fault
-            interp.exit_status = status
+        self._wait_stopped()
         self._collect_output()
         os.kill(interp.pid, signal.SIGCONT)
         interp.stopped = False

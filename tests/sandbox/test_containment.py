@@ -216,6 +216,22 @@ def test_threads_a_call_left_running_end_and_nothing_reaches_the_next_call(pool,
     assert cpu_ticks(interpreter) == before
 
 
+def test_threads_that_finished_keep_the_session(pool, session_id):
+    for call in range(5):
+        result = run(pool, session_id, f"""
+            import concurrent.futures, threading
+            with concurrent.futures.ThreadPoolExecutor(4) as executor:
+                squares = list(executor.map(lambda x: x * x, range(8)))
+            for _ in range(20):
+                worker = threading.Thread(target=squares.sort)
+                worker.start()
+                worker.join()
+            total = globals().get('total', 0) + sum(squares)
+            print({call}, total)
+        """)
+        assert (result.stdout, result.session_reset) == (f"{call} {140 * (call + 1)}\n", False)
+
+
 def test_a_fifo_at_a_seed_path_never_blocks(pool, session_id):
     run(pool, session_id, "import os\nos.mkfifo('notes.txt')\nos.mkfifo('/tmp/pipe')")
     for _ in range(2):
