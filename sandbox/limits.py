@@ -12,7 +12,8 @@ import json
 @dataclasses.dataclass(frozen=True)
 class Limits:
     timeout_s: float = 15.0          # wall clock per execute() call
-    memory_mb: int = 1024            # address space user code may add to the warm interpreter
+    memory_mb: int = 1024            # per process: address space added to the warm interpreter;
+                                     # per session, where a memory cgroup is writable: see cgroups.py
     disk_mb: int = 256               # size of the session's tmpfs (cwd and /tmp)
     max_file_mb: int = 128           # RLIMIT_FSIZE: largest single file user code may write
     max_processes: int = 64          # RLIMIT_NPROC for the session's own uid (threads count)

@@ -4,6 +4,8 @@ that any tokenizer can encode. Each case asserts the bound AND that the session 
 """
 import importlib.util
 import os
+import shutil
+import subprocess
 import sys
 import sysconfig
 import textwrap
@@ -14,7 +16,7 @@ import pytest
 import sandbox
 from sandbox import InterpreterPool, MissingPackage
 
-from sandbox_helpers import cpu_ticks, sandbox_uid_processes
+from sandbox_helpers import BACKENDS, cpu_ticks, sandbox_uid_processes
 
 
 def run(pool, session_id, code, **kwargs):
@@ -68,6 +70,35 @@ def test_nothing_of_the_host_or_other_sessions_is_visible(roomy_pool, session_id
             os.remove(path)
     assert result.stdout == "[] False True\n", result
     assert roomy_pool.execute(victim, "secret").stdout == "'hunter3'\n"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_python_install_and_checkout_below_tmp_work_and_stay_hidden(backend, tmp_path):
+    # A copy of the running Python (standard library, binary) and of the sandbox package
+    # below /tmp, where every session mounts its own /tmp.
+    python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    stdlib = sysconfig.get_paths(vars={"base": sys.base_prefix})["stdlib"]
+    install = tmp_path / "python"
+    (install / "bin").mkdir(parents=True)
+    shutil.copy2(python, install / "bin" / os.path.basename(python))
+    shutil.copytree(stdlib, install / "lib" / os.path.basename(stdlib),
+                    ignore=shutil.ignore_patterns("site-packages", "test", "__pycache__"))
+    checkout = tmp_path / "checkout"
+    shutil.copytree(os.path.dirname(sandbox.__file__), checkout / "sandbox",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(checkout)!r}, {sysconfig.get_paths()["purelib"]!r}]
+        from sandbox import InterpreterPool
+        with InterpreterPool(num_workers=1, backend={backend!r}, uid_base=1_450_000_000) as pool:
+            result = pool.execute('s', "import os, sys, numpy\\n"
+                                       "print(sys.prefix, os.path.exists({str(checkout)!r}))")
+            print(result.stdout, result.error)
+    """)
+    run_python = install / "bin" / os.path.basename(python)
+    done = subprocess.run([str(run_python), "-I", "-c", script], capture_output=True, text=True,
+                          timeout=600)
+    assert done.stdout == f"{install} False\n None\n", done.stderr[-2000:]
 
 
 def test_only_allowlisted_packages_import(pool, session_id):
