@@ -163,8 +163,7 @@ def launch_in_namespaces(argv) -> None:
     """Namespace backend, on the host: enter new namespaces, build the view as their root and
     exec the zygote there. argv: plan JSON, interpreter, then the zygote's own arguments."""
     plan, python, zygote_args = json.loads(argv[0]), argv[1], argv[2:]
-    linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWNET
-                  | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS)
+    linux.unshare(SESSION_NAMESPACES)  # the zygote's sandbox has the same set as a session
     child = os.fork()
     if child != 0:  # stays on the host only to mirror the zygote's exit
         os.close(int(zygote_args[0]))  # the control socket is the zygote's alone
