@@ -50,11 +50,20 @@ def sandbox_uid_processes(uid_base=UID_BASE, count=MAX_SESSIONS):
     return found
 
 
+def _stat_fields(pid):
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()
+
+
 def cpu_ticks(pid):
     """User + system CPU time of a host process, in clock ticks."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
+    fields = _stat_fields(pid)
     return int(fields[11]) + int(fields[12])
+
+
+def process_state(pid):
+    """R, S, T (stopped), Z, ... of a host process."""
+    return _stat_fields(pid)[0]
 
 
 def wait_until(predicate, timeout=5.0):

@@ -16,7 +16,8 @@ import pytest
 import sandbox
 from sandbox import InterpreterPool, MissingPackage
 
-from sandbox_helpers import BACKENDS, cpu_ticks, sandbox_uid_processes
+from sandbox_helpers import (BACKENDS, cpu_ticks, process_state, sandbox_uid_processes,
+                             wait_until)
 
 
 def run(pool, session_id, code, **kwargs):
@@ -242,6 +243,7 @@ def test_threads_a_call_left_running_end_and_nothing_reaches_the_next_call(pool,
     uid = session_uid(pool, session_id)
     [interpreter] = sandbox_uid_processes(uid, 1)
     # Between calls the interpreter is stopped: it accrues no CPU time at all.
+    assert wait_until(lambda: process_state(interpreter) == "T")
     before = cpu_ticks(interpreter)
     time.sleep(0.5)
     assert cpu_ticks(interpreter) == before
