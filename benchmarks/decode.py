@@ -1,15 +1,23 @@
-"""Rollout engine on CPU: decode throughput against transformers' `generate`, and how long the
-device waits on tools with overlapped tool calls against a turn-synchronous baseline.
+"""Rollout engine on CPU: decode throughput against the machine's floor and transformers'
+`generate`, and how long the device waits on tools with overlapped tool calls against a
+turn-synchronous baseline.
 
-    .venv/bin/python benchmarks/decode.py [--batch=8] [--new_tokens=64] [--requests=24]
+    .venv/bin/python benchmarks/decode.py [--configs=tiny,bench] [--batches=1,8] [--new_tokens=64]
 
-Model: random weights, text hidden 256 x 4 layers (GQA 4/2 heads, vocab 151936), vision depth 2.
-1. Throughput: `batch` prompts (text + a 112x140 image), greedy, exactly `new_tokens` new tokens
-   each, prefill included, both sides warmed up first. Target: faster than transformers at batch 8.
-2. Tool workload: `requests` scripted (teacher-forced) trajectories on `batch` slots; each
-   reasons for a varying number of tokens, runs code that sleeps 1-3 s (a slow tool) and crops the input
-   image, then answers after reading the crop. Device idle = time no slot could decode because all
-   busy slots waited on tools. Target: under 10% with overlap.
+Models (random weights, vocab 151936): `tiny` is the tiny preset (text hidden 128 x 4 layers,
+the `python -m rollout.answer` test model); `bench` is text hidden 256 x 4 layers (GQA 4/2 heads),
+vision depth 2.
+1. Throughput, for each config and batch: `batch` prompts (text + a 112x140 image), greedy,
+   exactly N new tokens each, in a KV cache of `--max_context` tokens per slot, warmed up first.
+   Prints ours with prefill included next to transformers `generate` (target: >= 3x at batch 8),
+   and our decode-only rate ((2N - N) tokens over the time difference of a 2N- and an N-token
+   run) next to the floor: one jitted LM-head + argmax step for that batch, the bulk of a decode
+   step's memory traffic (target: within 2x of it).
+2. Tool workload (`bench` config): `requests` scripted (teacher-forced) trajectories on the
+   largest batch of slots; each reasons for a varying number of tokens, runs code that sleeps
+   1-3 s (a slow tool) and crops the input image, then answers after reading the crop. Device
+   idle = time no slot could decode because all busy slots waited on tools. Target: under 10%
+   with overlap.
 """
 from __future__ import annotations
 
@@ -22,6 +30,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -32,7 +42,7 @@ from codedance_jax.processing.chat import render_chat  # noqa: E402
 from codedance_jax.processing.image import preprocess_images  # noqa: E402
 from codedance_jax.processing.tokenizer import load_tokenizer  # noqa: E402
 from hf_reference import random_hf_model, save_hf  # noqa: E402
-from models.qwen2_5_vl import Qwen2_5_VL  # noqa: E402
+from models.qwen2_5_vl import Qwen2_5_VL, get_preset  # noqa: E402
 from rollout.engine import Engine, EngineConfig, Request  # noqa: E402
 from rollout.sampling import SamplingParams  # noqa: E402
 from sandbox import InterpreterPool  # noqa: E402
@@ -40,7 +50,9 @@ from sandbox import InterpreterPool  # noqa: E402
 GREEDY = SamplingParams(temperature=0.0)
 
 
-def bench_config() -> Qwen2_5_VLConfig:
+def bench_config(name: str) -> Qwen2_5_VLConfig:
+    if name == "tiny":
+        return Qwen2_5_VLConfig(**get_preset("tiny").to_hf_dict())
     return Qwen2_5_VLConfig(
         text_config=dict(vocab_size=151936, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
@@ -73,23 +85,45 @@ def transformers_generate(hf_model, tokenizer, requests, new_tokens: int) -> flo
     return time.perf_counter() - started
 
 
-def throughput(model, hf_model, tokenizer, batch: int, new_tokens: int) -> None:
-    config = EngineConfig(num_slots=batch, max_context=256, prefill_chunk=64, decode_steps=16,
-                          max_turn_tokens=new_tokens)
-    engine = Engine(model, tokenizer, None, config)
-    engine.generate([question(1000 + i) for i in range(batch)])  # compile
+def floor_seconds(model, batch: int, repeats: int = 20) -> float:
+    """Median time of one jitted LM-head + argmax step for `batch` hidden states."""
+    params = model.params()["text"]
+    head = params["lm_head"].T if "lm_head" in params else params["embed"]
+    step = jax.jit(lambda h, w: jnp.argmax(jnp.einsum("BD,VD->BV", h, w), axis=-1))
+    hidden = jnp.ones((batch, head.shape[1]), jnp.float32)
+    jax.block_until_ready(step(hidden, head))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(step(hidden, head))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def throughput(model, hf_model, tokenizer, batch: int, new_tokens: int, max_context: int) -> None:
+    engines = {tokens: Engine(model, tokenizer, None, EngineConfig(
+        num_slots=batch, max_context=max_context, prefill_chunk=64, decode_steps=16, max_turn_tokens=tokens))
+        for tokens in (new_tokens, 2 * new_tokens)}
+
+    def run(tokens: int, seed: int) -> float:
+        engine = engines[tokens]
+        trajectories = engine.generate([question(seed + i) for i in range(batch)])
+        assert all(t.response_length == tokens for t in trajectories)
+        return engine.stats.wall_s
+
+    for tokens in engines:  # compile, and fill the engines' host-side caches
+        run(tokens, 1000)
+    ours, ours_twice = run(new_tokens, 0), run(2 * new_tokens, 0)
     requests = [question(i) for i in range(batch)]
-    trajectories = engine.generate(requests)
-    assert all(t.response_length == new_tokens for t in trajectories)
-    ours = engine.stats.wall_s
     transformers_generate(hf_model, tokenizer, requests[:1], 2)  # warm-up
     theirs = transformers_generate(hf_model, tokenizer, requests, new_tokens)
+    floor = floor_seconds(model, batch)
     tokens = batch * new_tokens
-    print(f"decode, batch {batch}, {new_tokens} new tokens each (prefill included), KV cache "
-          f"{engine.cache_nbytes / 2**20:.1f} MiB")
-    print(f"  ours          {tokens / ours:8.1f} tokens/s  ({ours:.2f} s, {engine.stats.decode_calls} decode calls)")
-    print(f"  transformers  {tokens / theirs:8.1f} tokens/s  ({theirs:.2f} s)")
-    print(f"  speed-up      {theirs / ours:8.2f}x")
+    decode_rate = tokens / max(ours_twice - ours, 1e-9)
+    print(f"  batch {batch}: {new_tokens} new tokens each, prefill included: ours {tokens / ours:7.1f} tokens/s, "
+          f"transformers {tokens / theirs:7.1f} tokens/s, speed-up {theirs / ours:5.2f}x")
+    print(f"  batch {batch}: decode only: ours {decode_rate:7.1f} tokens/s, floor {batch / floor:7.1f} tokens/s "
+          f"(LM head + argmax {floor * 1e3:.2f} ms), {batch / floor / decode_rate:4.2f}x from the floor")
 
 
 def tool_request(index: int, rng: np.random.Generator) -> Request:
@@ -120,21 +154,34 @@ def tool_workload(model, tokenizer, batch: int, count: int) -> None:
                   f"({stats.tool_wait_fraction:5.1%}), {stats.generated_tokens} generated tokens")
 
 
+def load(name: str, tmp: str):
+    hf_model = random_hf_model(bench_config(name), seed=0)
+    save_hf(hf_model, os.path.join(tmp, name, "hf"))
+    convert(os.path.join(tmp, name, "hf"), os.path.join(tmp, name, "ckpt"))
+    return hf_model, Qwen2_5_VL.from_checkpoint(os.path.join(tmp, name, "ckpt"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8, help="slots (and transformers batch size)")
-    parser.add_argument("--new_tokens", type=int, default=64, help="tokens generated per prompt")
-    parser.add_argument("--requests", type=int, default=24, help="trajectories in the tool workload")
+    parser.add_argument("--configs", default="tiny,bench", help="tiny and/or bench")
+    parser.add_argument("--batches", default="1,8", help="slots (and transformers batch sizes)")
+    parser.add_argument("--new_tokens", type=int, default=64, help="tokens generated per prompt (N)")
+    parser.add_argument("--max_context", type=int, default=4096, help="KV cache tokens per slot")
+    parser.add_argument("--requests", type=int, default=24, help="trajectories in the tool workload (0: skip)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        hf_model = random_hf_model(bench_config(), seed=0)
-        save_hf(hf_model, os.path.join(tmp, "hf"))
-        convert(os.path.join(tmp, "hf"), os.path.join(tmp, "ckpt"))
-        model = Qwen2_5_VL.from_checkpoint(os.path.join(tmp, "ckpt"))
+    batches = [int(b) for b in args.batches.split(",")]
     tokenizer = load_tokenizer(None)
     print(f"CPU, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads")
-    throughput(model, hf_model, tokenizer, args.batch, args.new_tokens)
-    tool_workload(model, tokenizer, args.batch, args.requests)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.configs.split(","):
+            hf_model, model = load(name, tmp)
+            text = model.config.text
+            print(f"config {name}: text hidden {text.hidden_size} x {text.num_layers} layers, vocab {text.vocab_size}, "
+                  f"KV cache {args.max_context} tokens per slot")
+            for batch in batches:
+                throughput(model, hf_model, tokenizer, batch, args.new_tokens, args.max_context)
+        if args.requests:
+            tool_workload(load("bench", tmp)[1], tokenizer, max(batches), args.requests)
 
 
 if __name__ == "__main__":

@@ -255,7 +255,8 @@ class Engine:
                 budget = min(budget, len(slot.forced_turn) - slot.forced_done)
             inputs.budget[b] = budget
         self.stats.decode_calls += 1
-        return self.cache.decode(params, self._triggers_device, inputs)
+        filled = max(slot.cache_length for slot in decoding)
+        return self.cache.decode(params, self._triggers_device, inputs, filled)
 
     def _budget_left(self, slot: _Slot) -> int:
         trajectory = slot.trajectory

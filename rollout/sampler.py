@@ -6,9 +6,10 @@
   the vision layout's buckets, so varied prompts, tool outputs and image sizes reuse a handful of
   compilations.
 * `decode_steps` runs up to `steps` tokens for every slot in one `lax.while_loop`, sampling in the
-  jit, and returns early when a slot samples a token that may end a stop string (the host then
-  checks the decoded text) or runs out of its token budget. One host round trip moves [B, steps]
-  tokens and log-probabilities.
+  jit. A slot stops when it samples a token that may end a stop string (the host then checks the
+  decoded text) or runs out of its token budget; the others keep decoding, and the call returns
+  when no slot is left running. One host round trip moves [B, steps] tokens and log-probabilities.
+  Attention reads only the filled part of the cache (`window`, bucketed).
 
 Each slot keeps one *pending* token: sampled (or the last token of an appended segment) but not
 yet in the cache. The next decode step feeds it, so a segment's logits are never needed and a
@@ -30,6 +31,10 @@ from models.qwen2_5_vl import model as model_lib
 from models.qwen2_5_vl import text
 from models.qwen2_5_vl.config import ModelConfig
 from rollout.sampling import choose_tokens
+
+# Decode attends to a power-of-two number of these key blocks (reading a few hundred unused keys
+# costs little next to the LM head; finer windows would only add compilations).
+WINDOW_BLOCK = 1024
 
 
 @dataclasses.dataclass
@@ -75,10 +80,11 @@ class DecodeOutputs:
         return DecodeOutputs(*(np.asarray(x) for x in (self.tokens, self.log_probs, self.counts, self.keys)))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "steps"), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("cfg", "steps", "window"), donate_argnames=("cache",))
 def decode_steps(cfg: ModelConfig, params: dict, cache: text.KVCache, triggers: jax.Array, inputs: dict, *,
-                 steps: int) -> tuple[text.KVCache, dict]:
-    """Decodes up to `steps` tokens per slot; triggers [B, V] marks tokens that end the loop."""
+                 steps: int, window: int | None = None) -> tuple[text.KVCache, dict]:
+    """Decodes up to `steps` tokens per slot; triggers [B, V] marks tokens that stop a slot.
+    window: cache positions attended to (must hold every running slot's length + steps)."""
     batch = inputs["tokens"].shape[0]
     slots = jnp.arange(batch)
 
@@ -91,7 +97,8 @@ def decode_steps(cfg: ModelConfig, params: dict, cache: text.KVCache, triggers: 
         running = budget > 0
         embeds = text.embed_tokens(params["text"], tokens[:, None], cfg.compute_dtype)
         pos = jnp.broadcast_to(positions[None, :, None], (3, batch, 1))
-        logits, cache = model_lib.extend_cache(cfg, params, embeds, pos, running.astype(jnp.int32), cache)
+        logits, cache = model_lib.extend_cache(cfg, params, embeds, pos, running.astype(jnp.int32), cache,
+                                               kv_window=window)
         split = jax.vmap(jax.random.split)(keys)
         sampled, log_probs = choose_tokens(logits[:, 0], split[:, 1], inputs["temperature"], inputs["top_p"],
                                            inputs["top_k"])
@@ -100,8 +107,9 @@ def decode_steps(cfg: ModelConfig, params: dict, cache: text.KVCache, triggers: 
         out_tokens = out_tokens.at[:, step].set(jnp.where(running, token, -1))
         out_log_probs = out_log_probs.at[:, step].set(jnp.where(running, token_log_prob, 0.0))
         step_taken = running.astype(jnp.int32)
-        budget = budget - step_taken
-        halted = jnp.any(running & (triggers[slots, token] | (budget == 0)))
+        # A slot that may have ended a stop string stops here; the host checks it after the call.
+        budget = jnp.where(running & triggers[slots, token], 0, budget - step_taken)
+        halted = ~jnp.any(budget > 0)
         return (step + 1, halted, cache, jnp.where(running, token, tokens), positions + step_taken, budget,
                 jnp.where(running[:, None], split[:, 0], keys), out_tokens, out_log_probs, counts + step_taken)
 
@@ -176,8 +184,19 @@ class SlotCache:
         self.cache = append_segment(self.cfg, params, self.cache, np.int32(slot), np.int32(start), inputs,
                                     chunk=self.chunk)
 
-    def decode(self, params: dict, triggers: jax.Array, inputs: DecodeInputs) -> DecodeOutputs:
-        """Dispatches one decode call; the outputs are device arrays (call `to_host`)."""
+    def decode(self, params: dict, triggers: jax.Array, inputs: DecodeInputs, filled: int | None = None
+               ) -> DecodeOutputs:
+        """Dispatches one decode call; the outputs are device arrays (call `to_host`).
+        filled: the longest cache length among the decoding slots (default: assume a full cache)."""
         self.cache, out = decode_steps(self.cfg, params, self.cache, triggers, dataclasses.asdict(inputs),
-                                       steps=self.steps)
+                                       steps=self.steps, window=self.window_for(filled))
         return DecodeOutputs(**out)
+
+    def window_for(self, filled: int | None) -> int:
+        """Cache positions a decode call attends to: WINDOW_BLOCK * 2**i holding `filled + steps`,
+        or the whole cache; a handful of compilations per cache size."""
+        size = self.cache.max_len
+        if filled is None:
+            return size
+        blocks = -(-(filled + self.steps) // WINDOW_BLOCK)
+        return min(size, WINDOW_BLOCK * (1 << (blocks - 1).bit_length()))

@@ -54,9 +54,12 @@ def choose_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, to
     policy log-probabilities [B, V]) so forced tokens can be scored from the same distribution.
     """
     log_probs = policy_log_probs(logits, temperature)
-    # The sort behind the filters costs a pass over the vocabulary; skip it when no slot filters.
-    filtering = jnp.any((top_k > 0) | (top_p < 1))
+    sampling = temperature > 0
+    # The draw (a random number per vocabulary entry) and the filters' sort are the costly passes
+    # over the vocabulary: skip the sort unless a sampling slot filters, the draw unless one samples.
+    filtering = jnp.any(sampling & ((top_k > 0) | (top_p < 1)))
     filtered = jax.lax.cond(filtering, _filter_top_k_top_p, lambda lp, *_: lp, log_probs, top_k, top_p)
-    sampled = jax.vmap(jax.random.categorical)(keys, filtered)
     greedy = jnp.argmax(logits, axis=-1)
-    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32), log_probs
+    tokens = jax.lax.cond(jnp.any(sampling), lambda: jnp.where(
+        sampling, jax.vmap(jax.random.categorical)(keys, filtered), greedy), lambda: greedy)
+    return tokens.astype(jnp.int32), log_probs

@@ -1,10 +1,11 @@
 """Stop strings that span tokens.
 
 `</code>` is three Qwen tokens (`</`, `code`, `>`), and other tokenizations of it exist, so no
-fixed token sequence identifies it. But a stop string always ends inside the token that holds
-its last character: the jitted decode loop ends as soon as a slot samples such a *trigger*
-token, and the host then decodes the turn's tail to see whether a stop string really ended
-there. Single-token stops (`<|im_end|>`) are just triggers whose check always succeeds. Vision
+fixed token sequence identifies it. But a stop string always ends inside one token, and that
+token's text up to the stop's last character either ends with the whole stop or is a suffix of
+it (`>`, `e>`, `code>`; not `->` or ` >`). A slot of the jitted decode loop stops as soon as it
+samples such a *trigger* token, and the host then decodes the turn's tail to see whether a stop
+string really ended there. Single-token stops (`<|im_end|>`) are just triggers whose check always succeeds. Vision
 tokens are triggers too, so a model that emits them is stopped at once.
 """
 from __future__ import annotations
@@ -30,11 +31,9 @@ class StopDetector:
     def trigger_mask(self, stop_strings: tuple[str, ...]) -> np.ndarray:
         """bool [vocab_size]: tokens that may complete one of `stop_strings`."""
         if stop_strings not in self._masks:
-            last_chars = {s[-1] for s in stop_strings if s}
             mask = np.zeros(self.vocab_size, bool)
             for token_id, token_text in enumerate(self._token_text):
-                if any(c in token_text for c in last_chars):
-                    mask[token_id] = True
+                mask[token_id] = any(_may_end(token_text, stop) for stop in stop_strings if stop)
             mask[list(self.always_trigger)] = True
             self._masks[stop_strings] = mask
         return self._masks[stop_strings]
@@ -50,3 +49,14 @@ class StopDetector:
             if stop in tail and stop not in before:
                 return stop
         return None
+
+
+def _may_end(token_text: str, stop: str) -> bool:
+    """Whether `stop` can end inside a token with this text, whatever came before the token."""
+    end = token_text.find(stop[-1])
+    while end >= 0:
+        head = token_text[: end + 1]
+        if head.endswith(stop) or stop.endswith(head):
+            return True
+        end = token_text.find(stop[-1], end + 1)
+    return False

@@ -58,24 +58,29 @@ def random_pixels(rng: np.random.Generator, grid_thw) -> np.ndarray:
     return rng.standard_normal((n, 1176)).astype(np.float32)
 
 
-def image_run(grid) -> list[int]:
-    return [VISION_START] + [IMAGE_PAD] * image_token_count(grid) + [VISION_END]
+QWEN_VISION_IDS = (VISION_START, IMAGE_PAD, VISION_END)
 
 
-def sequence(rng: np.random.Generator, pieces) -> list[int]:
-    """pieces: ints (that many random text tokens) or grids (an image run)."""
+def image_run(grid, vision_ids=QWEN_VISION_IDS) -> list[int]:
+    start, pad, end = vision_ids
+    return [start] + [pad] * image_token_count(grid) + [end]
+
+
+def sequence(rng: np.random.Generator, pieces, vision_ids=QWEN_VISION_IDS) -> list[int]:
+    """pieces: ints (that many random text tokens) or grids (an image run); vision_ids: the
+    (vision start, image pad, vision end) ids of the model's config."""
     ids: list[int] = []
     for piece in pieces:
         if isinstance(piece, int):
             ids += rng.integers(0, TEXT_VOCAB, piece).tolist()
         else:
-            ids += image_run(piece)
+            ids += image_run(piece, vision_ids)
     return ids
 
 
 def hf_logits(model, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None) -> np.ndarray:
     ids = torch.tensor(np.asarray(input_ids), dtype=torch.long)
-    kwargs = {"mm_token_type_ids": (ids == IMAGE_PAD).int()}
+    kwargs = {"mm_token_type_ids": (ids == model.config.image_token_id).int()}
     if attention_mask is not None:
         kwargs["attention_mask"] = torch.tensor(np.asarray(attention_mask), dtype=torch.long)
     if pixel_values is not None:

@@ -19,7 +19,11 @@ from models.qwen2_5_vl.params_io import load_params
 from models.qwen2_5_vl.vision_layout import build_layout, num_windows, validate_grids
 
 PARAMS_SUBDIR = "params"
-DEFAULT_LENGTH_BUCKETS = tuple(2**i for i in range(6, 18))  # 64 .. 131072
+# Powers of two up to 512, then eight steps per octave (576, 640, ..., 1024, 1152, ...): a length
+# just past a power of two pads by at most 1/8 instead of doubling, and at most 8 compilations
+# per octave (68 buckets from 64 to 131072).
+DEFAULT_LENGTH_BUCKETS = (64, 128, 256) + tuple(
+    (2**octave // 8) * step for octave in range(9, 17) for step in range(8, 16)) + (131072,)
 
 
 def window_bucket_for(windows: int) -> int:
@@ -118,12 +122,13 @@ def image_features(cfg: ModelConfig, params: dict, pixel_values: jax.Array, layo
     return vision.encode_images(cfg.vision, params["vision"], pixel_values, layout, cfg.compute_dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("cfg", "kv_window"), donate_argnames=("cache",))
 def extend_cache(cfg: ModelConfig, params: dict, embeds: jax.Array, positions: jax.Array, num_new: jax.Array,
-                 cache: text.KVCache) -> tuple[jax.Array, text.KVCache]:
-    """Appends a chunk of embedded tokens to the KV cache; returns float32 logits [B, T, V]."""
+                 cache: text.KVCache, kv_window: int | None = None) -> tuple[jax.Array, text.KVCache]:
+    """Appends a chunk of embedded tokens to the KV cache; returns float32 logits [B, T, V].
+    kv_window: see text.forward_with_cache."""
     hidden, cache = text.forward_with_cache(cfg.text, params["text"], embeds.astype(cfg.compute_dtype),
-                                            positions, num_new, cache, cfg.compute_dtype)
+                                            positions, num_new, cache, cfg.compute_dtype, kv_window)
     return text.lm_logits(params["text"], hidden), cache
 
 

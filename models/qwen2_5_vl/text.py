@@ -78,25 +78,20 @@ def merge_image_features(embeds: jax.Array, input_ids: jax.Array, image_token_id
     return jnp.where(is_image[..., None], gathered.astype(embeds.dtype), embeds)
 
 
-def _layer(cfg: TextConfig, lp: dict, h, cos, sin, attend, dtype, cache_kv=None, write_at=None):
-    """One decoder layer; `attend(q, k, v)` is the attention (causal over the sequence, or over
-    the cache)."""
+def _layer(cfg: TextConfig, lp: dict, h, cos, sin, attend, dtype):
+    """One decoder layer; `attend(q, k, v) -> (output, aux)` is the attention (causal over the
+    sequence, or writing k/v into a cache and attending over it, aux being the updated cache)."""
     lp = jax.tree.map(lambda a: a.astype(dtype), lp)
     x = rms_norm(h, lp["input_norm"], cfg.rms_norm_eps)
     q = jnp.einsum("BTD,DNH->BTNH", x, lp["q_kernel"]) + lp["q_bias"]
     k = jnp.einsum("BTD,DKH->BTKH", x, lp["k_kernel"]) + lp["k_bias"]
     v = jnp.einsum("BTD,DKH->BTKH", x, lp["v_kernel"]) + lp["v_bias"]
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    if cache_kv is not None:
-        write = jax.vmap(lambda buf, new, at: jax.lax.dynamic_update_slice_in_dim(buf, new, at, axis=0))
-        k = write(cache_kv[0], k.astype(cache_kv[0].dtype), write_at)
-        v = write(cache_kv[1], v.astype(cache_kv[1].dtype), write_at)
-        cache_kv = (k, v)
-    attn = attend(q, k.astype(dtype), v.astype(dtype))
+    attn, aux = attend(q, k, v)
     h = h + jnp.einsum("BTNH,NHD->BTD", attn, lp["o_kernel"])
     x = rms_norm(h, lp["post_norm"], cfg.rms_norm_eps)
     gated = activation(cfg.hidden_act)(x @ lp["gate_kernel"]) * (x @ lp["up_kernel"])
-    return h + gated @ lp["down_kernel"], cache_kv
+    return h + gated @ lp["down_kernel"], aux
 
 
 def forward_hidden(cfg: TextConfig, params: dict, embeds: jax.Array, positions: jax.Array,
@@ -104,7 +99,8 @@ def forward_hidden(cfg: TextConfig, params: dict, embeds: jax.Array, positions: 
     """Full causal forward. embeds [B, L, D], positions [3, B, L], attention_mask [B, L] (1 = real).
     Returns final-normed hidden states [B, L, D]."""
     cos, sin = mrope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
-    attend = functools.partial(causal_attention, key_valid=attention_mask.astype(bool))
+    key_valid = attention_mask.astype(bool)
+    attend = lambda q, k, v: (causal_attention(q, k, v, key_valid), None)  # noqa: E731
     layer = functools.partial(_layer, cfg, cos=cos, sin=sin, attend=attend, dtype=dtype)
     if remat:
         layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)
@@ -117,27 +113,39 @@ def forward_hidden(cfg: TextConfig, params: dict, embeds: jax.Array, positions: 
 
 
 def forward_with_cache(cfg: TextConfig, params: dict, embeds: jax.Array, positions: jax.Array,
-                       num_new: jax.Array, cache: KVCache, dtype) -> tuple[jax.Array, KVCache]:
+                       num_new: jax.Array, cache: KVCache, dtype, kv_window: int | None = None
+                       ) -> tuple[jax.Array, KVCache]:
     """Appends a chunk of T tokens per slot to the cache and returns their hidden states.
 
     embeds [B, T, D]; positions [3, B, T]; num_new [B] how many of the T tokens are real for each
     slot (the rest is right padding, written but never attended to; 0 leaves a slot untouched).
     Prefill (empty cache), one-token decode and tool-turn appends are all this call.
+    kv_window (static): attend to the first kv_window cache positions only, which must hold
+    every attending slot's `lengths + T`; default the whole cache. Decode reads only the filled
+    part of a long cache this way.
     """
     cos, sin = mrope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
-    t = embeds.shape[1]
-    key_pos = jnp.arange(cache.max_len)
-    query_pos = cache.lengths[:, None] + jnp.arange(t)[None, :]  # [B, T]
-    mask = key_pos[None, None, :] <= query_pos[:, :, None]  # causal over the cache
-    layer = functools.partial(_layer, cfg, cos=cos, sin=sin, attend=lambda q, k, v: attention(q, k, v, mask),
-                              dtype=dtype, write_at=cache.lengths)
+    batch, t = embeds.shape[:2]
+    window = cache.max_len if kv_window is None else min(kv_window, cache.max_len)
+    rows = cache.lengths[:, None] + jnp.arange(t)[None, :]  # [B, T] cache positions of the new tokens
+    mask = jnp.arange(window)[None, None, :] <= rows[:, :, None]  # causal over the cache
+    slots = jnp.arange(batch)[:, None]
 
-    def body(h, xs):
-        lp, k, v = xs
-        h, (k, v) = layer(lp, h, cache_kv=(k, v))
-        return h, (k, v)
+    def body(carry, lp):
+        # The cache is carried whole and updated in place; a layer reads only its window.
+        h, k_cache, v_cache, index = carry
 
-    h, (k, v) = jax.lax.scan(body, embeds, (params["layers"], cache.k, cache.v))
+        def attend(q, k, v):
+            k_all = k_cache.at[index, slots, rows].set(k.astype(k_cache.dtype))
+            v_all = v_cache.at[index, slots, rows].set(v.astype(v_cache.dtype))
+            read = lambda a: jax.lax.dynamic_slice(  # noqa: E731
+                a, (index, 0, 0, 0, 0), (1, batch, window, *a.shape[3:]))[0].astype(dtype)
+            return attention(q, read(k_all), read(v_all), mask), (k_all, v_all)
+
+        h, (k_cache, v_cache) = _layer(cfg, lp, h, cos, sin, attend, dtype)
+        return (h, k_cache, v_cache, index + 1), None
+
+    (h, k, v, _), _ = jax.lax.scan(body, (embeds, cache.k, cache.v, jnp.int32(0)), params["layers"])
     h = rms_norm(h, params["final_norm"].astype(dtype), cfg.rms_norm_eps)
     return h, KVCache(k, v, cache.lengths + num_new.astype(jnp.int32))
 
