@@ -209,7 +209,11 @@ class Supervisor:
         # A joined thread can still be on its way out: count the threads left once stopped.
         if not self._wait_stopped():
             return None
-        threads = len(_live(f"/proc/{interp.pid}/task")) - 1
+        return self._replace_if_threaded()
+
+    def _replace_if_threaded(self) -> str | None:
+        """The interpreter is stopped: if threads besides its main one are left, replace it."""
+        threads = len(_live(f"/proc/{self.interp.pid}/task")) - 1
         if threads <= 0:
             return None
         self._collect_output()
@@ -299,23 +303,31 @@ class Supervisor:
 
     def _resume(self) -> None:
         """Before a call: wait until the stop requested after the last call took effect, drop
-        whatever the session wrote until then (it belongs to no call), and continue it."""
+        whatever the session wrote until then (it belongs to no call), end what was still
+        being created when the stop came (_settle's counts can miss a clone in flight), and
+        continue the interpreter."""
         interp = self.interp
-        self._wait_stopped()
+        if not self._wait_stopped():
+            return  # it died: the pidfd reports that as this call's fault
         self._collect_output()
+        self._kill_strays()
+        replaced = self._replace_if_threaded()
+        if replaced is not None:
+            self.reset_reason = replaced
+            return
         os.kill(interp.pid, signal.SIGCONT)
         interp.stopped = False
 
     def _start_call(self, header: dict, blobs) -> None:
         seq = header.get("seq")
+        if self.interp.stopped:
+            self._resume()
         names = header.get("files", [])
         files = dict(zip(names, blobs))
         self.seed_files.update(files)
         if self.reseed:
             files = {**self.seed_files, **files}
             self.reseed = False
-        if self.interp.stopped:
-            self._resume()
         # Output the session produced between calls belongs to no call; keep it out.
         self._new_call_buffers()
         self.call = (seq, time.monotonic() + self.limits.timeout_s)
