@@ -44,7 +44,7 @@ from codedance_jax.processing.tokenizer import load_tokenizer  # noqa: E402
 from hf_reference import random_hf_model, save_hf  # noqa: E402
 from models.qwen2_5_vl import Qwen2_5_VL, get_preset  # noqa: E402
 from rollout.engine import Engine, EngineConfig, Request  # noqa: E402
-from rollout.sampling import SamplingParams  # noqa: E402
+from rollout.sampling import SamplingParams, first_argmax  # noqa: E402
 from sandbox import InterpreterPool  # noqa: E402
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -89,7 +89,7 @@ def floor_seconds(model, batch: int, repeats: int = 20) -> float:
     """Median time of one jitted LM-head + argmax step for `batch` hidden states."""
     params = model.params()["text"]
     head = params["lm_head"].T if "lm_head" in params else params["embed"]
-    step = jax.jit(lambda h, w: jnp.argmax(jnp.einsum("BD,VD->BV", h, w), axis=-1))
+    step = jax.jit(lambda h, w: first_argmax(jnp.einsum("BD,VD->BV", h, w)))
     hidden = jnp.ones((batch, head.shape[1]), jnp.float32)
     jax.block_until_ready(step(hidden, head))
     times = []
@@ -113,11 +113,11 @@ def throughput(model, hf_model, tokenizer, batch: int, new_tokens: int, max_cont
 
     for tokens in engines:  # compile, and fill the engines' host-side caches
         run(tokens, 1000)
+    floor = floor_seconds(model, batch)  # before torch runs: its idle threads spin for a while
     ours, ours_twice = run(new_tokens, 0), run(2 * new_tokens, 0)
     requests = [question(i) for i in range(batch)]
     transformers_generate(hf_model, tokenizer, requests[:1], 2)  # warm-up
     theirs = transformers_generate(hf_model, tokenizer, requests, new_tokens)
-    floor = floor_seconds(model, batch)
     tokens = batch * new_tokens
     decode_rate = tokens / max(ours_twice - ours, 1e-9)
     print(f"  batch {batch}: {new_tokens} new tokens each, prefill included: ours {tokens / ours:7.1f} tokens/s, "

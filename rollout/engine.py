@@ -156,7 +156,7 @@ class Engine:
 
     def __init__(self, model, tokenizer: PreTrainedTokenizerBase, pool=None, config: EngineConfig = EngineConfig()):
         self.model_config = model.config
-        self.params = model.params()
+        self.params = jax.device_put(model.params())  # host arrays would be copied in on every call
         self.tokenizer = tokenizer
         self.pool = pool
         self.config = config

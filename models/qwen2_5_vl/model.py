@@ -181,5 +181,6 @@ class Qwen2_5_VL(nnx.Module):
             raise FileNotFoundError(f"{ckpt_dir}: no '{PARAMS_SUBDIR}/' directory; is this a converted checkpoint?")
         model = cls.abstract(config)
         params = load_params(params_dir, model.params(), shardings)
-        model.load_params(params)
+        # Unsharded restores come back as numpy arrays, which every jitted call would copy in again.
+        model.load_params(params if shardings is not None else jax.device_put(params))
         return model

@@ -53,6 +53,22 @@ def test_filters_restrict_the_support_per_slot():
     assert set(tokens[rows // 2:].tolist()) <= nucleus and len(set(tokens[rows // 2:].tolist())) > 1
 
 
+def test_samples_follow_the_tempered_distribution_across_blocks():
+    """The draw inverts the CDF block by block; over a vocabulary of several blocks the sample
+    frequencies match softmax(logits / temperature)."""
+    rows, vocab, temperature = 20000, 1300, 1.5
+    logits = np.random.default_rng(3).normal(size=vocab).astype(np.float32) * 4
+    tokens, _ = choose(np.broadcast_to(logits, (rows, vocab)), _keys(rows, seed=4), *_params(rows, temperature))
+    expected = np.asarray(jax.nn.softmax(logits / temperature))
+    observed = np.bincount(np.asarray(tokens), minlength=vocab) / rows
+    # The mass of each block and of the 20 likeliest tokens, each within 4 standard errors.
+    groups = [np.arange(vocab) // 512 == b for b in range(3)] + [np.arange(vocab) == t
+                                                                  for t in np.argsort(-expected)[:20]]
+    for group in groups:
+        p, q = expected[group].sum(), observed[group].sum()
+        assert abs(q - p) < 4 * np.sqrt(p * (1 - p) / rows) + 1e-3
+
+
 def test_a_slot_sample_depends_only_on_its_own_key():
     logits = _logits(3)
     keys = _keys(3)
