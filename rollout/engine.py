@@ -156,7 +156,12 @@ class Engine:
 
     def __init__(self, model, tokenizer: PreTrainedTokenizerBase, pool=None, config: EngineConfig = EngineConfig()):
         self.model_config = model.config
-        self.params = jax.device_put(model.params())  # host arrays would be copied in on every call
+        # An abstract model (ShapeDtypeStructs, e.g. for GRPO, which passes the train state's
+        # parameters to each generate call) holds no weights; host arrays would be copied in on
+        # every call, so concrete ones are put on the device once.
+        params = model.params()
+        abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
+        self.params = None if abstract else jax.device_put(params)
         self.tokenizer = tokenizer
         self.pool = pool
         self.config = config
@@ -191,6 +196,8 @@ class Engine:
         params: weights to sample with (default: the model's at construction).
         on_finish: called with each trajectory as soon as it ends (e.g. to save it before the rest finish)."""
         params = self.params if params is None else params
+        if params is None:
+            raise ValueError("this engine was built from an abstract model: pass generate(..., params=...)")
         self._on_finish = on_finish
         queue = collections.deque(enumerate(requests))
         results: list[Trajectory | None] = [None] * len(requests)
