@@ -1,6 +1,6 @@
 """Our jitted SFT train step vs a transformers + torch train step on CPU, same weights and batch.
 
-    python benchmarks/sft_step.py [--config=tiny|bench] [--steps=5] [--batch=4] [--seq_len=512]
+    python benchmarks/sft_step.py [--configs=small,152k] [--seq_lens=1024,770] [--steps=5] [--batch=1]
 
 Both start from one random transformers model (ours loads it through `convert` and
 `init_state(init_checkpoint=...)`), take the same batch (each sequence: 32 text tokens, one
@@ -12,9 +12,11 @@ first must agree to ~1e-4 relative in float32; these steps are the warm-up), the
 time over `--steps` more steps of each (alternating ours and theirs, so both see the same load on
 a shared machine), tokens per second and the speed ratio.
 
-Configs: `tiny` is tests/hf_reference.tiny_hf_config (text hidden 64, 3 layers, vision depth 4);
-`bench` is benchmarks/forward.bench_config (text hidden 512, 8 layers, vision depth 8). Both keep
-the real 151936-token vocabulary, whose embedding and LM head dominate the cost of `tiny`.
+Configs: `small` and `152k` are benchmarks/forward.bench_config (text hidden 512, 8 layers; a
+1200-token vocabulary and vision depth 4, or the real 151936-token vocabulary and vision depth
+8, whose embedding and LM head then dominate); `tiny` is tests/hf_reference.tiny_hf_config
+(text hidden 64, 3 layers, vision depth 4, 152k vocabulary). Each config runs at every length of
+`--seq_lens` (a power of two and not).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from codedance_jax.hf.convert import convert  # noqa: E402
 from codedance_jax.processing.batching import Batch  # noqa: E402
 from codedance_jax.processing.rope_index import get_rope_index  # noqa: E402
 from configs.sft import get_config  # noqa: E402
-from hf_reference import IMAGE_PAD, random_hf_model, random_pixels, sequence, tiny_hf_config  # noqa: E402
+from hf_reference import random_hf_model, random_pixels, sequence, tiny_hf_config  # noqa: E402
 from models.qwen2_5_vl.config import load_config  # noqa: E402
 from train import inputs as inputs_lib  # noqa: E402
 from train.state import init_state, learning_rate_schedule, make_optimizer, state_shardings  # noqa: E402
@@ -52,21 +54,27 @@ def hf_config(name: str):
     if name == "tiny":
         return tiny_hf_config()
     from forward import bench_config
-    return bench_config()
+    return bench_config(name)
 
 
-def make_batch(rng: np.random.Generator, batch: int, seq_len: int, merge: int) -> Batch:
+def make_batch(rng: np.random.Generator, batch: int, seq_len: int, hf_cfg) -> Batch:
     """`batch` sequences of exactly `seq_len` tokens, one image each, loss on the second half."""
+    from forward import vision_ids
+    merge = hf_cfg.vision_config.spatial_merge_size
     text_after = seq_len - TEXT_BEFORE_IMAGE - (int(GRID.prod()) // merge**2 + 2)
     if text_after < 1:
         raise ValueError(f"--seq_len={seq_len} is too short for one 224x224 image")
-    ids = np.array([sequence(rng, [TEXT_BEFORE_IMAGE, GRID, text_after]) for _ in range(batch)], np.int32)
+    ids = np.array([sequence(rng, [TEXT_BEFORE_IMAGE, GRID, text_after], vision_ids(hf_cfg)) for _ in range(batch)],
+                   np.int32)
     grids = np.tile(GRID, (batch, 1))
     mask = np.ones_like(ids)
     loss_mask = np.zeros_like(ids)
     loss_mask[:, seq_len // 2:] = 1
-    token_types = (ids == IMAGE_PAD).astype(np.int32)
-    positions, deltas = get_rope_index(ids, grids, mask, spatial_merge_size=merge, mm_token_type_ids=token_types)
+    token_types = (ids == hf_cfg.image_token_id).astype(np.int32)
+    positions, deltas = get_rope_index(ids, grids, mask, spatial_merge_size=merge, mm_token_type_ids=token_types,
+                                       image_token_id=hf_cfg.image_token_id,
+                                       vision_start_token_id=hf_cfg.vision_start_token_id,
+                                       video_token_id=hf_cfg.video_token_id)
     pixels = random_pixels(rng, grids)
     return Batch(input_ids=ids, attention_mask=mask, position_ids=positions, rope_deltas=deltas, loss_mask=loss_mask,
                  mm_token_type_ids=token_types, pixel_values=pixels, image_grid_thw=grids,
@@ -137,18 +145,9 @@ def timed_pair(ours, theirs, steps: int) -> tuple[float, float]:
     return float(np.median(times[0])), float(np.median(times[1]))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", choices=("tiny", "bench"), default="tiny",
-                        help="tiny: tests/hf_reference.tiny_hf_config; bench: benchmarks/forward.bench_config")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps of each, after %d untimed ones"
-                        % COMPARED_STEPS)
-    parser.add_argument("--batch", type=int, default=4, help="sequences per step (one 224x224 image each)")
-    parser.add_argument("--seq_len", type=int, default=512, help="tokens per sequence (no padding)")
-    args = parser.parse_args()
-
-    hf = random_hf_model(hf_config(args.config))
-    batch = make_batch(np.random.default_rng(0), args.batch, args.seq_len, hf.config.vision_config.spatial_merge_size)
+def run(name: str, seq_len: int, args) -> None:
+    hf = random_hf_model(hf_config(name))
+    batch = make_batch(np.random.default_rng(0), args.batch, seq_len, hf.config)
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(os.path.join(tmp, "hf"))
         convert(os.path.join(tmp, "hf"), os.path.join(tmp, "ckpt"))
@@ -158,17 +157,31 @@ def main():
     ours_losses = [ours() for _ in range(COMPARED_STEPS)]  # the first compiles
     ref_losses = [theirs() for _ in range(COMPARED_STEPS)]
     ours_s, ref_s = timed_pair(ours, theirs, args.steps)
-    tokens = args.batch * args.seq_len
+    tokens = args.batch * seq_len
     text = hf.config.text_config
-    print(f"config {args.config} (text hidden {text.hidden_size}, {text.num_hidden_layers} layers, vocab "
-          f"{text.vocab_size}; vision depth {hf.config.vision_config.depth}), batch {args.batch} x {args.seq_len} "
+    print(f"config {name} (text hidden {text.hidden_size}, {text.num_hidden_layers} layers, vocab "
+          f"{text.vocab_size}; vision depth {hf.config.vision_config.depth}), batch {args.batch} x {seq_len} "
           f"tokens, {int(batch.loss_mask[:, 1:].sum())} loss tokens, {args.batch} images {GRID[1] * 14}x{GRID[2] * 14}")
-    print(f"jax devices {jax.devices()}, cpu cores {os.cpu_count()}, torch threads {torch.get_num_threads()}")
     for i, (a, b) in enumerate(zip(ours_losses, ref_losses)):
-        print(f"step {i + 1} loss: ours {a:.6f}  transformers {b:.6f}  relative difference {abs(a - b) / abs(b):.1e}")
-    print(f"ours (jit_train_step)  {ours_s * 1e3:9.1f} ms/step  {tokens / ours_s:9.0f} tokens/s")
-    print(f"transformers + torch   {ref_s * 1e3:9.1f} ms/step  {tokens / ref_s:9.0f} tokens/s")
-    print(f"speed ratio (transformers / ours): {ref_s / ours_s:.2f}x  (median of {args.steps} steps each)")
+        print(f"  step {i + 1} loss: ours {a:.6f}  transformers {b:.6f}  relative difference {abs(a - b) / abs(b):.1e}")
+    print(f"  ours {ours_s * 1e3:9.1f} ms/step ({tokens / ours_s:7.0f} tokens/s), transformers + torch "
+          f"{ref_s * 1e3:9.1f} ms/step ({tokens / ref_s:7.0f} tokens/s): {ref_s / ours_s:.2f}x "
+          f"(median of {args.steps} steps each)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="small,152k", help="comma-separated: small, 152k, tiny")
+    parser.add_argument("--seq_lens", default="1024,770", help="tokens per sequence (no padding)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps of each, after %d untimed ones"
+                        % COMPARED_STEPS)
+    parser.add_argument("--batch", type=int, default=1, help="sequences per step (one 224x224 image each)")
+    args = parser.parse_args()
+    print(f"jax devices {jax.devices()}, cpu cores {os.cpu_count()}, torch threads {torch.get_num_threads()}; "
+          f"ratio = transformers / ours")
+    for name in args.configs.split(","):
+        for seq_len in args.seq_lens.split(","):
+            run(name, int(seq_len), args)
 
 
 if __name__ == "__main__":

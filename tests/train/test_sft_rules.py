@@ -40,8 +40,8 @@ def test_loss_mask_covers_only_generated_tokens_and_matches_a_direct_computation
     picked = np.take_along_axis(log_probs, np.asarray(targets)[..., None], -1)[..., 0]
     expected = -(picked * np.asarray(mask)).sum()
     inputs = model_lib.prepare_inputs(TINY, ids, *_pixels(chat)).as_jax_tree()
-    hidden = model_lib.forward_hidden(TINY, params, inputs)[:, : ids.shape[1]]
-    loss, _ = cross_entropy_sum(params["text"], hidden, targets, mask, chunk_tokens=8)
+    hidden = jax.jit(model_lib.forward_hidden, static_argnums=0)(TINY, params, inputs)[:, : ids.shape[1]]
+    loss, _ = jax.jit(cross_entropy_sum, static_argnums=4)(params["text"], hidden, targets, mask, 8)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 
 
