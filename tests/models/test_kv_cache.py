@@ -59,7 +59,8 @@ def test_prefill_then_decode_and_image_append_match_full_forward(hf_pair):
 
 
 def test_slots_decode_independently(hf_pair):
-    """Two slots of different lengths; one idles (num_new=0) while the other decodes."""
+    """Two slots of different lengths; one idles (num_new=0) while the other decodes, attending
+    to a window of the cache."""
     _, model, _ = hf_pair(tie=True)
     cfg, params = model.config, model.params()
     rng = np.random.default_rng(1)
@@ -84,7 +85,8 @@ def test_slots_decode_independently(hf_pair):
         tokens = np.array([[extra[i][done[i]]] for i in range(2)])
         pos = np.array([[[len(seqs[i]) + done[i]] for i in range(2)]] * 3)  # text: all three axes equal
         emb = jax.numpy.take(params["text"]["embed"], tokens, axis=0)
-        logits, cache = model_lib.extend_cache(cfg, params, emb, pos, active, cache)
+        # Decode reads only a window of the cache (it holds both slots' tokens).
+        logits, cache = model_lib.extend_cache(cfg, params, emb, pos, active, cache, kv_window=32)
         for i in np.flatnonzero(active):
             reference = refs[i][len(seqs[i]) + done[i]]
             np.testing.assert_allclose(np.asarray(logits)[i, 0], reference, atol=ATOL, rtol=0)

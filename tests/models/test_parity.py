@@ -128,7 +128,7 @@ def test_query_chunked_causal_attention_equals_dense():
         return attention(q, k, v, dense_mask)
 
     def chunked(q):
-        return causal_attention(q, k, v, valid, query_chunk=32)
+        return causal_attention(q, k, v, valid, query_chunk=40)  # chunks of 40, 40 and 16 queries
 
     np.testing.assert_allclose(chunked(q), dense(q), atol=1e-5, rtol=0)
     grad = lambda f: jax.grad(lambda q: (f(q)[:, :70] ** 2).sum())(q)  # noqa: E731
