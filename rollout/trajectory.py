@@ -7,6 +7,10 @@ import dataclasses
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+# Re-exported: a tool call and its outcomes are shared with the SFT data, which renders tool turns too.
+from codedance_jax.processing.tool_turns import (TOOL_ERROR, TOOL_OK, TOOL_PARSE_ERROR,  # noqa: F401
+                                                 TOOL_TIMEOUT, ToolCall)
+
 # Why a trajectory ended.
 FINISH_STOP = "stop"                          # the model ended its turn without a tool call
 FINISH_MAX_TURNS = "max_turns"                # a tool call on the last allowed assistant turn
@@ -19,25 +23,6 @@ FINISH_PROMPT_TOO_LONG = "prompt_too_long"
 FINISH_BAD_PROMPT = "bad_prompt"              # the prompt could not be rendered (detail says why)
 FINISH_NO_SANDBOX = "no_sandbox"              # a tool call but the engine has no interpreter pool
 FINISH_TOOL_UNRENDERABLE = "tool_turn_unrenderable"  # the tool result could not be tokenised
-
-# Outcome of one tool call; everything but OK counts as a failed call for rewards.
-TOOL_OK, TOOL_ERROR, TOOL_TIMEOUT, TOOL_PARSE_ERROR = "ok", "error", "timeout", "parse_error"
-
-
-@dataclasses.dataclass
-class ToolCall:
-    code: str | None           # None when the call could not be parsed
-    outcome: str               # TOOL_OK / TOOL_ERROR / TOOL_TIMEOUT / TOOL_PARSE_ERROR
-    error: str | None = None
-    stdout: str = ""
-    stderr: str = ""
-    num_images: int = 0        # images shown to the model
-    notes: list[str] = dataclasses.field(default_factory=list)  # images dropped and why
-    duration_s: float = 0.0
-
-    @property
-    def failed(self) -> bool:
-        return self.outcome != TOOL_OK
 
 
 @dataclasses.dataclass

@@ -4,8 +4,9 @@ Each record is a picture of coloured circles, squares and triangles on a plain b
 one question about it, in the release's record form (``messages`` + PNG ``images``) with its
 ``ground_truth``. Easy questions ("Is there a triangle?") are answered directly; hard ones
 (counting one kind of shape of one colour, the colour of the largest shape) are answered with a
-code turn, the tool turn holding what that code prints, and a final answer. The code is real:
-run on the image the sandbox receives (``resize_for_model`` of the record's image, as
+code turn, the tool turn the rollout engine would show for what that code prints (written by
+``tool_message``, so SFT trains on the tokens rollout produces), and a final answer. The code is
+real: run on the image the sandbox receives (``resize_for_model`` of the record's image, as
 ``input_image``) it prints the ground truth, which the tests check.
 
 The same (seed, index) always gives the same record, whatever the number of records asked for.
@@ -19,6 +20,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
+from codedance_jax.processing.tool_turns import TOOL_OK, ToolCall, tool_message
+
 COLOURS = {"red": (220, 50, 47), "green": (46, 160, 67), "blue": (38, 110, 220), "yellow": (240, 200, 40)}
 KINDS = ("circle", "square", "triangle")
 BACKGROUNDS = ((255, 255, 255), (236, 236, 236), (250, 244, 228))
@@ -27,9 +30,6 @@ SIZE_RANGE = (12, 40)      # shape half-extent, px
 MAX_SHAPES = 6
 GAP = 6                    # px between shape boxes, so shapes never touch
 LARGEST_MARGIN = 1.3       # "largest shape" is asked only when it is this much larger than the next
-
-# What the tool turn says after the code ran; the tool turn's wrapping is the chat template's.
-TOOL_OUTPUT = "Code executed successfully.\nstdout:\n{stdout}"
 
 # A pixel belongs to a colour when its summed absolute RGB difference is below this; shapes are
 # told apart by how much of their bounding box they fill (square 1, circle ~0.79, triangle 0.5).
@@ -129,8 +129,9 @@ def _direct_answer(thought: str, answer: str) -> list[dict]:
 
 def _code_answer(plan: str, code: str, conclusion: str, answer: str) -> list[dict]:
     """A code turn, the tool turn with what the code prints (the answer), and the final answer."""
+    printed = ToolCall(code=code, outcome=TOOL_OK, stdout=answer + "\n")
     return [{"role": "assistant", "content": f"<think>{plan}</think>\n<code>\n```python\n{code}\n```\n</code>"},
-            {"role": "tool", "content": TOOL_OUTPUT.format(stdout=answer)},
+            tool_message(printed),
             {"role": "assistant", "content": f"<think>{conclusion}</think>\n<answer>{answer}</answer>"}]
 
 
