@@ -1,0 +1,54 @@
+"""Running a training binary as a subprocess and reading what it wrote (imported by name:
+tests/ is not a package). Runs of one module share a persistent compilation cache."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def start(module, workdir, overrides, cache_dir, devices=2):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_COMPILATION_CACHE_DIR": cache_dir}
+    return subprocess.Popen([sys.executable, "-m", module, f"--workdir={workdir}", *overrides], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def logged_steps(workdir):
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def run_until(process, workdir, step, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(r["step"] >= step for r in logged_steps(workdir)):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"run exited early:\n{process.stderr.read()[-3000:]}")
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"run did not reach step {step} in {timeout} s")
+
+
+def finish(process, timeout=600):
+    _, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err[-3000:]
+
+
+def committed_steps(workdir):
+    ckpt = os.path.join(workdir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) if os.path.isdir(ckpt) else []
+
+
+def final_params(workdir):
+    import orbax.checkpoint as ocp
+    from models.qwen2_5_vl.params_io import stored_structure
+    path = os.path.join(workdir, "export", "params")
+    assert stored_structure(path)
+    return ocp.StandardCheckpointer().restore(path)
