@@ -13,6 +13,7 @@ import re
 from absl import app, flags, logging
 from PIL import Image
 
+from codedance_jax.logging_setup import quiet_library_logs
 from codedance_jax.processing.tokenizer import load_tokenizer
 from models.qwen2_5_vl import Qwen2_5_VL
 from rollout.engine import Engine, EngineConfig, Request
@@ -60,6 +61,7 @@ def _readable(text: str) -> str:
 
 def main(argv):
     del argv
+    quiet_library_logs()
     model = Qwen2_5_VL.from_checkpoint(FLAGS.ckpt_dir, dtype=FLAGS.dtype)
     tokenizer = load_tokenizer(_tokenizer_dir())
     config = EngineConfig(num_slots=1, max_context=FLAGS.max_context, prefill_chunk=FLAGS.prefill_chunk,

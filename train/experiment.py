@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 
+from codedance_jax.processing.tokenizer import packaged_test_tokenizer_dir
 from models.qwen2_5_vl import ModelConfig, get_preset
 from models.qwen2_5_vl.config import load_config
 
@@ -12,6 +13,12 @@ def model_config(config) -> ModelConfig:
     """The architecture: from the initial checkpoint when there is one, else the preset."""
     base = load_config(config.init_checkpoint) if config.init_checkpoint else get_preset(config.model_preset)
     return base.replace(dtype=config.dtype)
+
+
+def tokenizer_files(config) -> str:
+    """The directory of the run's tokenizer and processor files: the config's tokenizer, else the
+    initial checkpoint's, else the packaged test tokenizer. The final export carries copies."""
+    return config.tokenizer_dir or config.init_checkpoint or packaged_test_tokenizer_dir()
 
 
 def micro_batch_rows(config, mesh) -> int:

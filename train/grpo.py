@@ -17,12 +17,13 @@ from ml_collections import config_flags
 
 from codedance_jax import mesh as mesh_lib
 from codedance_jax.data.rl_prompts import PromptIterator, decode_prompt, prompt_source, synthetic_prompt_source
+from codedance_jax.logging_setup import quiet_library_logs
 from codedance_jax.processing.image import ImageProcessingConfig
 from codedance_jax.processing.tokenizer import load_tokenizer
 from models.qwen2_5_vl import Qwen2_5_VL
 from rollout.engine import Engine, EngineConfig
 from rollout.sampling import SamplingParams
-from train.experiment import initialize_distributed, micro_batch_rows, model_config
+from train.experiment import initialize_distributed, micro_batch_rows, model_config, tokenizer_files
 from train.grpo_trainer import GRPOStep
 from train.loop import run_training
 from train.policy_loss import PolicyLossConfig
@@ -79,6 +80,7 @@ def engine_config(config, image_config: ImageProcessingConfig) -> EngineConfig:
 
 def main(argv):
     del argv
+    quiet_library_logs()
     config, workdir = _CONFIG.value, _WORKDIR.value
     if config.distributed:
         initialize_distributed(config)
@@ -91,7 +93,7 @@ def main(argv):
     micro_batch_rows(config, mesh)  # refuses batch splits the mesh cannot take
     loss_cfg = PolicyLossConfig(temperature=config.rollout.temperature or 1.0, **config.loss.to_dict())
 
-    tokenizer = load_tokenizer(config.tokenizer_dir or config.init_checkpoint or None)
+    tokenizer = load_tokenizer(tokenizer_files(config))
     images = ImageProcessingConfig(min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels)
     default_task = config.data.default_task or None
     prompts = PromptIterator(load_prompts(config.data.source, config.data.num_synthetic, config.data.seed),
@@ -132,7 +134,7 @@ def main(argv):
                      config.grpo.group_size)
         run_training(config, workdir, model_cfg=model_cfg,
                      abstract_state=abstract_state(model_cfg, tx, shardings, param_dtype), fresh_state=fresh_state,
-                     train_step=grpo_step, data_iterator=prompts, asset_dir=config.init_checkpoint,
+                     train_step=grpo_step, data_iterator=prompts, asset_dir=tokenizer_files(config),
                      evaluate=grpo_step.validate, plotted=PLOTTED, progress_keys=("reward", "accuracy", "tool_call_rate"))
 
 

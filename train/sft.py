@@ -17,10 +17,11 @@ from ml_collections import config_flags
 
 from codedance_jax import mesh as mesh_lib
 from codedance_jax.data.pipeline import make_sft_iterator
+from codedance_jax.logging_setup import quiet_library_logs
 from codedance_jax.processing.image import ImageProcessingConfig
 from codedance_jax.processing.tokenizer import load_tokenizer
 from train import inputs as inputs_lib
-from train.experiment import data_source, initialize_distributed, micro_batch_rows, model_config
+from train.experiment import data_source, initialize_distributed, micro_batch_rows, model_config, tokenizer_files
 from train.loop import run_training
 from train.state import abstract_state, init_state, learning_rate_schedule, make_optimizer, state_shardings
 from train.step import jit_train_step
@@ -32,6 +33,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 
 def main(argv):
     del argv
+    quiet_library_logs()
     config, workdir = _CONFIG.value, _WORKDIR.value
     if not workdir:
         raise app.UsageError("--workdir is required")
@@ -43,7 +45,7 @@ def main(argv):
     mesh_lib.check_model_fits_mesh(model_cfg.text.num_heads, model_cfg.text.num_kv_heads, mesh)
     rows = micro_batch_rows(config, mesh)
 
-    tokenizer = load_tokenizer(config.tokenizer_dir or config.init_checkpoint or None)
+    tokenizer = load_tokenizer(tokenizer_files(config))
     images = ImageProcessingConfig(min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels)
     batches = make_sft_iterator(
         data_source(config), tokenizer=tokenizer, batch_size=rows, length_buckets=config.length_buckets,
@@ -70,7 +72,7 @@ def main(argv):
     run_training(config, workdir, model_cfg=model_cfg,
                  abstract_state=abstract_state(model_cfg, tx, shardings, param_dtype), fresh_state=fresh_state,
                  train_step=lambda state: step_fn(state, next_batch()), data_iterator=batches,
-                 asset_dir=config.init_checkpoint)
+                 asset_dir=tokenizer_files(config))
 
 
 if __name__ == "__main__":

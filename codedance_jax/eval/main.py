@@ -20,6 +20,7 @@ from absl import app, flags, logging
 from codedance_jax.eval import predictions, registry, report, summary
 from codedance_jax.eval.items import DataError
 from codedance_jax.eval.runner import Runner
+from codedance_jax.logging_setup import quiet_library_logs
 from rollout.tool_turns import DEFAULT_SYSTEM_PROMPT
 
 FLAGS = flags.FLAGS
@@ -167,6 +168,7 @@ def evaluate(spec: str, data: str | None, out_dir: str, model: _Model, judge, in
 
 def main(argv):
     del argv
+    quiet_library_logs()
     specs, data = FLAGS.benchmark, list(FLAGS.data)
     if len(data) > len(specs):
         raise app.UsageError(f"{len(data)} --data paths for {len(specs)} benchmarks")

@@ -14,6 +14,7 @@ from absl import app, flags
 
 from codedance_jax.eval import predictions, registry, scoring, summary
 from codedance_jax.eval.items import DataError
+from codedance_jax.logging_setup import quiet_library_logs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("benchmark", None, "Benchmark, NAME[:key=value]...")
@@ -27,6 +28,7 @@ flags.mark_flags_as_required(["benchmark", "predictions"])
 
 def main(argv):
     del argv
+    quiet_library_logs()
     try:
         benchmark = registry.get(FLAGS.benchmark)
         dataset = benchmark.read(FLAGS.data)

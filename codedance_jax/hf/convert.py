@@ -9,6 +9,7 @@ so memory holds about one tensor rather than the model. The output appears only 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -16,10 +17,11 @@ import os
 import ml_dtypes  # registers bfloat16 with numpy, needed to read bf16 safetensors
 import numpy as np
 from absl import app, flags
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from codedance_jax.hf.files import DTYPES, atomic_directory, copy_assets
 from codedance_jax.hf.keymap import IGNORED_HF_TENSORS, canonical_hf_name, full_shape, hf_index
+from codedance_jax.logging_setup import quiet_library_logs
 from models.qwen2_5_vl.config import ModelConfig
 from models.qwen2_5_vl.model import PARAMS_SUBDIR
 from models.qwen2_5_vl.params_io import StreamingParamsWriter
@@ -46,6 +48,16 @@ def safetensors_shards(hf_dir: str) -> list[str]:
     return paths
 
 
+@contextlib.contextmanager
+def open_shard(shard: str):
+    """`safe_open`, with safetensors' own errors (which do not say which file) naming the shard."""
+    try:
+        with safe_open(shard, framework="np") as f:
+            yield f
+    except SafetensorError as err:
+        raise ValueError(f"{shard}: not a readable safetensors file, perhaps truncated or corrupt ({err})") from err
+
+
 _M_ARENA_MAX = -8  # mallopt parameter number, from glibc's malloc.h
 _SAFETENSORS_DTYPES = {"F32": np.float32, "BF16": ml_dtypes.bfloat16, "F16": np.float16, "F64": np.float64}
 
@@ -53,7 +65,7 @@ _SAFETENSORS_DTYPES = {"F32": np.float32, "BF16": ml_dtypes.bfloat16, "F16": np.
 def read_tensor(shard: str, name: str) -> np.ndarray:
     """One tensor, with the shard mapped only meanwhile: pages read from a shard that stays open
     count as resident memory until it closes, which would hold a whole shard per tensor read."""
-    with safe_open(shard, framework="np") as f:
+    with open_shard(shard) as f:
         return f.get_tensor(name)
 
 
@@ -64,7 +76,7 @@ def plan_conversion(cfg: ModelConfig, shards: list[str], dtype=None) -> dict[tup
     seen: dict[str, str] = {}
     dtypes: dict[tuple[str, ...], np.dtype] = {}
     for shard in shards:
-        with safe_open(shard, framework="np") as f:
+        with open_shard(shard) as f:
             for name in f.keys():
                 key = canonical_hf_name(name)
                 if IGNORED_HF_TENSORS.match(key):
@@ -108,7 +120,7 @@ def convert(hf_dir: str, out_dir: str, dtype: str | None = None, overwrite: bool
             {key: (full_shape(rule), param_dtypes[key]) for key, rule in rules_by_param.items()},
             slab_axis_keys={key for key, rule in rules_by_param.items() if rule.stacked})
         for shard in shards:
-            with safe_open(shard, framework="np") as f:
+            with open_shard(shard) as f:
                 names = list(f.keys())
             for name in names:
                 key = canonical_hf_name(name)
@@ -133,6 +145,7 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 def main(argv):
     del argv
+    quiet_library_logs()
     limit_malloc_arenas()
     flags_ = flags.FLAGS
     convert(flags_.hf_dir, flags_.out_dir, flags_.dtype, flags_.overwrite)

@@ -16,6 +16,7 @@ from safetensors.numpy import save_file
 
 from codedance_jax.hf.files import DTYPES, atomic_directory, copy_assets
 from codedance_jax.hf.keymap import rules
+from codedance_jax.logging_setup import quiet_library_logs
 from models.qwen2_5_vl.config import ModelConfig, load_config
 from models.qwen2_5_vl.model import PARAMS_SUBDIR, Qwen2_5_VL
 from models.qwen2_5_vl.params_io import load_params
@@ -81,6 +82,7 @@ def _set_config_dtype(path: str, name: str) -> None:
 
 def main(argv):
     del argv
+    quiet_library_logs()
     f = flags.FLAGS
     export(f.ckpt_dir, f.out_dir, f.dtype, f.max_shard_gb, f.overwrite)
     print(f"exported {f.ckpt_dir} -> {f.out_dir}")

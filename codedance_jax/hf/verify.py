@@ -16,6 +16,7 @@ import numpy as np
 from absl import app, flags
 
 from codedance_jax.hf.convert import convert
+from codedance_jax.logging_setup import quiet_library_logs
 from codedance_jax.processing.image import image_token_count
 from models.qwen2_5_vl import ModelConfig, Qwen2_5_VL, get_preset
 
@@ -91,6 +92,7 @@ def report(hf_dir: str, ckpt_dir: str) -> float:
 
 def main(argv):
     del argv
+    quiet_library_logs()
     f = flags.FLAGS
     if f.hf_dir and f.ckpt_dir:
         diff = report(f.hf_dir, f.ckpt_dir)

@@ -180,7 +180,5 @@ class Qwen2_5_VL(nnx.Module):
         if not os.path.isdir(params_dir):
             raise FileNotFoundError(f"{ckpt_dir}: no '{PARAMS_SUBDIR}/' directory; is this a converted checkpoint?")
         model = cls.abstract(config)
-        params = load_params(params_dir, model.params(), shardings)
-        # Unsharded restores come back as numpy arrays, which every jitted call would copy in again.
-        model.load_params(params if shardings is not None else jax.device_put(params))
+        model.load_params(load_params(params_dir, model.params(), shardings))  # restored onto devices
         return model

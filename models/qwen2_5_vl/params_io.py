@@ -51,11 +51,14 @@ def load_params(path: str, expected: dict, shardings=None) -> dict:
     """
     stored = check_structure(path, expected)
     flat_shardings = _flat(shardings) if shardings is not None else {}
+    # Unsharded leaves go to one local device: left to orbax they would take the saved sharding,
+    # which fails where the device count differs (a training export read by a one-device binary).
+    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def target(path_key, leaf):
         key = "/".join(str(getattr(k, "key", k)) for k in path_key)
         shape, dtype = stored[key]
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=flat_shardings.get(key))
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=flat_shardings.get(key, one_device))
 
     abstract = jax.tree_util.tree_map_with_path(target, expected)
     return ocp.StandardCheckpointer().restore(os.path.abspath(path), abstract)

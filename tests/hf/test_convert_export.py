@@ -1,6 +1,9 @@
 """HF checkpoints in and out: round trip, sharding, dtypes, bad input, key-table coverage."""
 import json
 import os
+import re
+import subprocess
+import sys
 
 import ml_dtypes  # noqa: F401
 import numpy as np
@@ -124,6 +127,41 @@ def test_checkpoint_for_another_config_is_refused(tmp_path, hf_dir):
     config_path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"text/layers/gate_kernel: stored \(3, 64, 112\), expected \(3, 64, 128\)"):
         Qwen2_5_VL.from_checkpoint(str(tmp_path / "ckpt"))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda data: data[:6],                                 # cut inside the header length
+    lambda data: data[:-100],                              # cut inside the tensor data
+    lambda data: data[:8] + b"!" * 16 + data[24:],         # header that is not JSON
+], ids=["cut_header", "cut_data", "corrupt_header"])
+def test_damaged_shards_are_named(tmp_path, hf_dir, damage):
+    shard = hf_dir / "model.safetensors"
+    shard.write_bytes(damage(shard.read_bytes()))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(shard))}: not a readable safetensors file"):
+        convert(str(hf_dir), str(tmp_path / "ckpt"))
+    assert sorted(os.listdir(tmp_path)) == ["hf"]
+
+
+INFO_LINE = re.compile(r"^I\d{4} .*$", re.M)  # absl's format for an INFO record
+
+
+def run_convert(*args):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return subprocess.run([sys.executable, "-m", "codedance_jax.hf.convert", *args], cwd=root, capture_output=True,
+                          text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+
+
+def test_binary_is_quiet_unless_asked_and_names_a_truncated_shard(tmp_path, hf_dir):
+    quiet = run_convert(f"--hf_dir={hf_dir}", f"--out_dir={tmp_path / 'a'}")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert INFO_LINE.findall(quiet.stderr) == [], quiet.stderr[-2000:]
+    assert f"converted {hf_dir} -> {tmp_path / 'a'}" in quiet.stdout
+    verbose = run_convert(f"--hf_dir={hf_dir}", f"--out_dir={tmp_path / 'b'}", "--library_logs")
+    assert verbose.returncode == 0 and any("orbax" in line for line in INFO_LINE.findall(verbose.stderr))
+    shard = hf_dir / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    failed = run_convert(f"--hf_dir={hf_dir}", f"--out_dir={tmp_path / 'c'}")
+    assert failed.returncode != 0 and f"{shard}: not a readable safetensors file" in failed.stderr
 
 
 @pytest.mark.parametrize("preset", ["3b", "7b", "32b"])

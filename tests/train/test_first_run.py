@@ -1,0 +1,45 @@
+"""A newcomer's first run: the SFT binary on its defaults, then `rollout.answer` given only the
+export. The export carries the tokenizer the run used (so no tokenizer flag and no warning), an
+export written on two devices loads on one, and neither binary prints library INFO logs."""
+import filecmp
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from codedance_jax.processing.tokenizer import packaged_test_tokenizer_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ABSL_LINE = re.compile(r"^([IWE])\d{4} .* (\S+\.py):\d+\] (.*)$", re.M)  # absl's record format
+
+
+def run(module, *args, devices):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow  # about two minutes on two cores: a 152k-vocabulary step compiles
+def test_sft_export_answers_with_no_tokenizer_flag_and_no_library_logs(tmp_path):
+    workdir = tmp_path / "sft"
+    sft = run("train.sft", "--config=configs/sft.py:tiny", f"--workdir={workdir}", "--config.total_steps=1",
+              "--config.batch_size=2", "--config.mesh_shape=(1,2,1)", "--config.data.max_pixels=12544",
+              "--config.length_buckets=(512,)", "--config.data.num_synthetic=4", devices=2)
+    logged = ABSL_LINE.findall(sft.stderr)
+    assert [(level, source) for level, source, _ in logged] == [("I", "sft.py")], logged  # the project's own
+    export = workdir / "export"
+    tokenizer_dir = packaged_test_tokenizer_dir()
+    copied = sorted(os.listdir(tokenizer_dir))
+    assert filecmp.cmpfiles(tokenizer_dir, export, copied, shallow=False)[0] == copied
+
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (140, 112), (200, 120, 40)).save(image)
+    answer = run("rollout.answer", f"--ckpt_dir={export}", f"--image={image}", "--question=What is shown?",
+                 "--max_context=512", "--prefill_chunk=64", "--decode_steps=8", "--max_turn_tokens=4", devices=1)
+    assert ABSL_LINE.findall(answer.stderr) == [], answer.stderr[-3000:]
+    assert "finish reason: turn_token_limit" in answer.stdout
