@@ -37,6 +37,10 @@ def base() -> ml_collections.ConfigDict:
     c.data.num_eval = 16
     c.data.eval_seed = 1000
     c.eval_every = 10  # greedy validation every this many steps and at the end; 0 = never
+    # Benchmarks validated too (codedance_jax.eval), comma-separated NAME[:option=value]@PATH,
+    # e.g. "chartqa@/data/chartqa,countbenchqa@/data/countbench.parquet,synthetic:num=32".
+    c.eval_benchmarks = ""
+    c.eval_limit = 64  # items per benchmark
 
     # Rollouts: the engine (rollout/engine.py) with the sandbox.
     c.rollout = ml_collections.ConfigDict()

@@ -60,6 +60,19 @@ def load_prompts(source: str, num_synthetic: int, seed: int) -> list[dict]:
     return prompt_source(source)
 
 
+def eval_benchmarks(config) -> list:
+    """(Benchmark, Dataset) pairs from `eval_benchmarks`: comma-separated NAME[:option=value]@PATH
+    (no @PATH for `synthetic`), read up front so a bad path fails before training starts."""
+    from codedance_jax.eval import registry
+
+    pairs = []
+    for entry in filter(None, (e.strip() for e in config.eval_benchmarks.split(","))):
+        spec, _, path = entry.partition("@")
+        benchmark = registry.get(spec)
+        pairs.append((benchmark, benchmark.read(path or None)))
+    return pairs
+
+
 def make_judge(config):
     if not config.reward.judge_url:
         return None
@@ -103,6 +116,8 @@ def main(argv):
         eval_prompts = [decode_prompt(raw, default_task) for raw in
                         load_prompts(config.data.eval_source, config.data.num_eval, config.data.eval_seed)]
 
+    benchmarks = eval_benchmarks(config) if config.eval_every else []
+
     param_dtype = jax.numpy.dtype(config.param_dtype)
     tx = make_optimizer(config)
     shardings = state_shardings(model_cfg, tx, mesh, param_dtype)
@@ -129,7 +144,8 @@ def main(argv):
         engine = Engine(Qwen2_5_VL.abstract(model_cfg, param_dtype), tokenizer, pool, engine_config(config, images))
         grpo_step = GRPOStep(config, engine=engine, tokenizer=tokenizer, prompts=prompts, update_fn=update_fn,
                              mesh=mesh, image_config=images, ref_params=ref_params, old_log_probs_fn=old_log_probs_fn,
-                             judge=make_judge(config), eval_prompts=eval_prompts)
+                             judge=make_judge(config), eval_prompts=eval_prompts,
+                             eval_benchmarks=benchmarks, workdir=workdir)
         logging.info("mesh %s; %d prompts x %d samples per step", dict(mesh.shape), config.grpo.prompts_per_step,
                      config.grpo.group_size)
         run_training(config, workdir, model_cfg=model_cfg,

@@ -9,6 +9,7 @@ what an uninterrupted one does.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Sequence
 
@@ -55,11 +56,14 @@ class GRPOStep:
 
     def __init__(self, config, *, engine: Engine, tokenizer, prompts: PromptIterator, update_fn, mesh,
                  image_config: ImageProcessingConfig, ref_params=None, old_log_probs_fn=None, judge=None,
-                 eval_prompts: Sequence[RLPrompt] = ()):
+                 eval_prompts: Sequence[RLPrompt] = (), eval_benchmarks: Sequence = (), workdir: str = ""):
+        """eval_benchmarks: (Benchmark, Dataset) pairs of codedance_jax.eval, validated like
+        eval.main (greedy, the benchmark's own scorer); their records go to
+        workdir/validation/step_N/NAME."""
         self.config, self.engine, self.tokenizer, self.prompts = config, engine, tokenizer, prompts
         self.update_fn, self.mesh, self.image_config = update_fn, mesh, image_config
         self.ref_params, self.old_log_probs_fn, self.judge = ref_params, old_log_probs_fn, judge
-        self.eval_prompts = list(eval_prompts)
+        self.eval_prompts, self.eval_benchmarks, self.workdir = list(eval_prompts), list(eval_benchmarks), workdir
 
     def _requests(self, prompts: Sequence[RLPrompt], step: int) -> list[Request]:
         group_size = self.config.grpo.group_size
@@ -114,9 +118,14 @@ class GRPOStep:
         return state, metrics
 
     def validate(self, state: TrainState) -> dict[str, float]:
-        """Greedy rollouts on the held-out prompts, scored like training; metrics prefixed val_."""
-        if not self.eval_prompts:
-            return {}
+        """Greedy rollouts on the held-out prompts, scored like training, and on the configured
+        benchmarks, scored by their own rules; metrics prefixed val_."""
+        metrics = self._validate_prompts(state) if self.eval_prompts else {}
+        for benchmark, dataset in self.eval_benchmarks:
+            metrics.update(self._validate_benchmark(state, benchmark, dataset))
+        return metrics
+
+    def _validate_prompts(self, state: TrainState) -> dict[str, float]:
         system = self.config.data.system_prompt
         requests = [Request(messages=with_system_prompt(p, system), images=p.images, request_id=p.id, sampling=GREEDY)
                     for p in self.eval_prompts]
@@ -127,3 +136,16 @@ class GRPOStep:
                 "response_length")
         tagged = [k for k in metrics if k.startswith(("accuracy_", "tool_call_rate_")) and not k.endswith("_groups")]
         return {f"val_{k}": metrics[k] for k in (*keep, *tagged) if k in metrics}
+
+    def _validate_benchmark(self, state: TrainState, benchmark, dataset) -> dict[str, float]:
+        from codedance_jax.eval import summary
+        from codedance_jax.eval.runner import Runner
+
+        items = dataset.items[: self.config.eval_limit]
+        out_dir = os.path.join(self.workdir, "validation", f"step_{int(state.step)}", benchmark.name)
+        records = []
+        runner = Runner(self.engine, self.tokenizer, benchmark, out_dir, self.config.data.system_prompt or None,
+                        self.judge, sampling=GREEDY)
+        runner.run(items, records.append, progress=False, params=state.params)
+        result = summary.summarize(benchmark, dataset, records, [item.id for item in items])
+        return {f"val_{benchmark.name}_{k}": float(result[k]) for k in ("overall", "tool_call_rate") if k in result}

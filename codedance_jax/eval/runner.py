@@ -31,14 +31,14 @@ class _LazyImage(Sequence):
         return self._item.image.load()
 
 
-def request_for(item: Item, system_prompt: str | None, seed: int = 0, forced_turns=None) -> Request:
+def request_for(item: Item, system_prompt: str | None, seed: int = 0, forced_turns=None, sampling=None) -> Request:
     """The item as an engine request; its sampling seed depends on `seed` and the id only, so a
     resumed or sharded run samples each item as an uninterrupted one would."""
     messages = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
     content = item.question if item.image is None else f"{IMAGE_PLACEHOLDER}\n{item.question}"
     messages.append({"role": "user", "content": content})
     return Request(messages=messages, images=() if item.image is None else _LazyImage(item), request_id=item.id,
-                   seed=(seed + zlib.crc32(item.id.encode())) % 2**31, forced_turns=forced_turns)
+                   seed=(seed + zlib.crc32(item.id.encode())) % 2**31, forced_turns=forced_turns, sampling=sampling)
 
 
 class Runner:
@@ -46,15 +46,18 @@ class Runner:
     trajectories held in memory) and calls write(record) for each as it finishes."""
 
     def __init__(self, engine: Engine, tokenizer, benchmark, out_dir: str, system_prompt: str | None,
-                 judge=None, image_side: int = 768, chunk_size: int = 256, seed: int = 0):
+                 judge=None, image_side: int = 768, chunk_size: int = 256, seed: int = 0, sampling=None):
+        """sampling: per-request SamplingParams (default: the engine's)."""
         self.engine, self.tokenizer, self.benchmark = engine, tokenizer, benchmark
+        self.sampling = sampling
         self.out_dir, self.system_prompt, self.judge = out_dir, system_prompt, judge
         self.image_side, self.chunk_size, self.seed = image_side, chunk_size, seed
 
     def run(self, items: Sequence[Item], write: Callable[[dict], None],
-            scripts: Mapping[str, list[str]] | None = None, progress: bool = True) -> None:
+            scripts: Mapping[str, list[str]] | None = None, progress: bool = True, params=None) -> None:
         """scripts: optional teacher-forced assistant turns per item id (a known trajectory
-        replayed through the engine, its tool calls run for real)."""
+        replayed through the engine, its tool calls run for real); params: weights to sample
+        with (GRPO validation passes the train state's), default the engine's."""
         scripts = scripts or {}
         with tqdm(total=len(items), desc=self.benchmark.name, disable=not progress, unit="item") as bar:
             for start in range(0, len(items), self.chunk_size):
@@ -67,5 +70,6 @@ class Runner:
                                                     self.image_side))
                     bar.update(1)
 
-                self.engine.generate([request_for(item, self.system_prompt, self.seed, scripts.get(item.id))
-                                      for item in chunk.values()], on_finish=finished)
+                requests = [request_for(item, self.system_prompt, self.seed, scripts.get(item.id), self.sampling)
+                            for item in chunk.values()]
+                self.engine.generate(requests, params=params, on_finish=finished)

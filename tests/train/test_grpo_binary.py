@@ -18,6 +18,7 @@ OVERRIDES = [
     "--config.rollout.num_slots=2", "--config.rollout.max_turn_tokens=12", "--config.rollout.max_response_tokens=24",
     "--config.data.max_pixels=12544", "--config.length_buckets=(256,)", "--config.rollout.max_context=256",
     "--config.patch_buckets=(256,)", "--config.sandbox.num_workers=1", "--config.loss_chunk_tokens=256",
+    "--config.eval_benchmarks=synthetic:num=2",
 ]
 
 
@@ -51,6 +52,9 @@ def test_binary_logs_rewards_tool_use_timing_and_validation(uninterrupted):
         assert r["update_refused"] == 0 and r["logprob_gap_abs"] < 1e-3
     validation = [r for r in logged_steps(uninterrupted) if "val_accuracy" in r]
     assert [r["step"] for r in validation] == [2, 3]
+    # The benchmark, scored by its own rules through the eval package, with its records kept.
+    assert all(0 <= r["val_synthetic_overall"] <= 100 for r in validation)
+    assert os.path.exists(os.path.join(uninterrupted, "validation", "step_3", "synthetic"))
     assert committed_steps(uninterrupted) == [2, 3]
     assert os.path.getsize(os.path.join(uninterrupted, "curves.png")) > 1000
     assert os.path.exists(os.path.join(uninterrupted, "export", "config.json"))
