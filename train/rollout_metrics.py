@@ -11,8 +11,12 @@ from codedance_jax.data.rl_prompts import RLPrompt
 from codedance_jax.rewards import RewardBatch
 from rollout.trajectory import Trajectory
 
-# Groups bucketed by their mean accuracy: (name, lowest mean, highest mean) inclusive.
-DIFFICULTY_BUCKETS = (("hard", 0.0, 0.25), ("medium", 0.25 + 1e-9, 0.75 - 1e-9), ("easy", 0.75, 1.0))
+DIFFICULTIES = ("hard", "medium", "easy")
+
+
+def group_difficulty(mean_accuracy: float) -> str:
+    """How hard a group found its prompt: at most 1 in 4 samples right is hard, at least 3 in 4 easy."""
+    return "hard" if mean_accuracy <= 0.25 else "easy" if mean_accuracy >= 0.75 else "medium"
 
 
 def _mean(values) -> float:
@@ -28,12 +32,12 @@ def rollout_metrics(trajectories: Sequence[Trajectory], rewards: RewardBatch, gr
     members = defaultdict(list)
     for i in scored:
         members[group_ids[i]].append(i)
-    for name, low, high in DIFFICULTY_BUCKETS:
-        in_bucket = [i for idx in members.values()
-                     if low <= np.mean([rewards.trajectories[j].score.acc for j in idx]) <= high for i in idx]
-        metrics[f"tool_call_rate_{name}_groups"] = _mean(uses_tools[in_bucket])
-        metrics[f"groups_{name}"] = float(sum(
-            low <= np.mean([rewards.trajectories[j].score.acc for j in idx]) <= high for idx in members.values()))
+    difficulty = {gid: group_difficulty(np.mean([rewards.trajectories[j].score.acc for j in idx]))
+                  for gid, idx in members.items()}
+    for name in DIFFICULTIES:
+        groups = [gid for gid in members if difficulty[gid] == name]
+        metrics[f"tool_call_rate_{name}_groups"] = _mean(uses_tools[[i for gid in groups for i in members[gid]]])
+        metrics[f"groups_{name}"] = float(len(groups))
     for tag in sorted({p.difficulty for p in prompts if p.difficulty}):
         tagged = [i for i in scored if prompts[i].difficulty == tag]
         metrics[f"tool_call_rate_{tag}"] = _mean(uses_tools[tagged])
