@@ -27,11 +27,6 @@ def run(workdir, cache):
 
 
 @pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("jax_cache"))
-
-
-@pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, compile_cache):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     finish(run(workdir, compile_cache))
