@@ -162,6 +162,17 @@ class SlotCache:
         self.cfg, self.num_slots, self.capacity, self.chunk, self.steps = cfg, num_slots, capacity, chunk, steps
         dtype = cfg.compute_dtype if dtype is None else dtype
         self.cache = text.KVCache.zeros(cfg.text, num_slots, capacity + chunk, dtype)
+        self._placed = False
+
+    def _place_with(self, params: dict) -> None:
+        """Commits the fresh cache to the parameters' device: every later call gets the previous
+        call's (committed) output, and a jit compiles again when only committedness differs."""
+        if not self._placed:
+            self._placed = True
+            sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
+            devices = sharding.device_set if sharding is not None else ()
+            if len(devices) == 1:
+                self.cache = jax.device_put(self.cache, next(iter(devices)))
 
     @property
     def nbytes(self) -> int:
@@ -174,6 +185,7 @@ class SlotCache:
             raise ValueError(f"slot {slot}: {start} + {num_tokens} tokens exceed the capacity {self.capacity}")
         if num_tokens == 0:
             return
+        self._place_with(params)
         length = segment_bucket(num_tokens, self.chunk)
         inputs = {"input_ids": np.pad(segment.token_ids.astype(np.int32), (0, length - num_tokens))[None],
                   "positions": np.pad(segment.positions.astype(np.int32), ((0, 0), (0, length - num_tokens)))[:, None],
@@ -188,6 +200,7 @@ class SlotCache:
                ) -> DecodeOutputs:
         """Dispatches one decode call; the outputs are device arrays (call `to_host`).
         filled: the longest cache length among the decoding slots (default: assume a full cache)."""
+        self._place_with(params)
         self.cache, out = decode_steps(self.cfg, params, self.cache, triggers, dataclasses.asdict(inputs),
                                        steps=self.steps, window=self.window_for(filled))
         return DecodeOutputs(**out)
