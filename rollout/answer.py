@@ -16,31 +16,16 @@ from PIL import Image
 from codedance_jax.logging_setup import quiet_library_logs
 from codedance_jax.processing.tokenizer import load_tokenizer
 from models.qwen2_5_vl import Qwen2_5_VL
+from rollout import flags as _engine_flags  # noqa: F401 - defines the shared engine flags
 from rollout.engine import Engine, EngineConfig, Request
 from rollout.sampling import SamplingParams
-from rollout.tool_turns import DEFAULT_SYSTEM_PROMPT
 from sandbox import InterpreterPool
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("ckpt_dir", None, "Converted checkpoint directory (from codedance_jax.hf.convert).")
 flags.DEFINE_string("image", None, "Path of the image to ask about.")
 flags.DEFINE_string("question", None, "The question.")
-flags.DEFINE_string("tokenizer_dir", None, "Tokenizer directory; default: the checkpoint's own tokenizer files, "
-                    "else the small packaged test tokenizer (fine for random test models only).")
-flags.DEFINE_string("system_prompt", DEFAULT_SYSTEM_PROMPT, "System prompt; empty for none.")
-flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype; default: the checkpoint's config.")
-flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 decodes greedily.")
-flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 disables it).")
 flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0 disables it).")
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_integer("max_turns", 7, "Most assistant turns; the last tool turn asks for the answer.")
-flags.DEFINE_integer("max_turn_tokens", 2048, "Most generated tokens per assistant turn.")
-flags.DEFINE_integer("max_context", 16384, "Tokens the KV cache holds (prompt and response).")
-flags.DEFINE_integer("prefill_chunk", 256, "Tokens per cache write when appending a prompt or tool turn.")
-flags.DEFINE_integer("decode_steps", 16, "Most tokens decoded per host round trip.")
-flags.DEFINE_float("code_timeout_s", 15.0, "Wall-clock limit of one code execution, in seconds.")
 flags.DEFINE_string("save_images_dir", None, "If set, every image of the trajectory is saved there as PNG.")
-flags.mark_flags_as_required(["ckpt_dir", "image", "question"])
 
 IMAGE_PAD_RUN = re.compile(r"(?:<\|image_pad\|>)+")
 
@@ -93,4 +78,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    flags.mark_flags_as_required(["ckpt_dir", "image", "question"])
     app.run(main)

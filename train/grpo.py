@@ -30,10 +30,6 @@ from train.policy_loss import PolicyLossConfig
 from train.state import abstract_state, init_state, learning_rate_schedule, make_optimizer, state_shardings
 from train.step import jit_grpo_step, jit_old_log_probs
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file and preset, "
-                                          "e.g. configs/grpo.py:tiny; override fields with --config.x=y.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
-
 PLOTTED = ("reward", "accuracy", "tool_call_rate", "tool_call_rate_hard_groups", "tool_call_rate_easy_groups",
            "val_accuracy", "val_tool_call_rate", "entropy", "clip_fraction", "response_length")
 
@@ -94,7 +90,7 @@ def engine_config(config, image_config: ImageProcessingConfig) -> EngineConfig:
 def main(argv):
     del argv
     quiet_library_logs()
-    config, workdir = _CONFIG.value, _WORKDIR.value
+    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
     if config.distributed:
         initialize_distributed(config)
     config.batch_size = config.grpo.prompts_per_step * config.grpo.group_size
@@ -155,5 +151,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Flags are defined here, not on import, so tests can import this module next to the other
+    # binaries (absl refuses a flag defined twice in one process).
+    config_flags.DEFINE_config_file("config", None, "Experiment config file and preset, "
+                                    "e.g. configs/grpo.py:tiny; override fields with --config.x=y.")
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

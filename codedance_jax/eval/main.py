@@ -21,33 +21,19 @@ from codedance_jax.eval import predictions, registry, report, summary
 from codedance_jax.eval.items import DataError
 from codedance_jax.eval.runner import Runner
 from codedance_jax.logging_setup import quiet_library_logs
-from rollout.tool_turns import DEFAULT_SYSTEM_PROMPT
+from rollout import flags as _engine_flags  # noqa: F401 - defines the shared engine flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("ckpt_dir", None, "Converted checkpoint directory (codedance_jax.hf.convert or an SFT export).")
 flags.DEFINE_list("benchmark", None, f"Benchmarks, NAME[:key=value]...; one of {', '.join(registry.names())}.")
 flags.DEFINE_list("data", [], "Data path per benchmark, in the same order (empty for synthetic).")
 flags.DEFINE_string("out_dir", None, "Output folder.")
 flags.DEFINE_integer("limit", None, "Evaluate only the first N items of each benchmark (a quick look).")
-flags.DEFINE_string("tokenizer_dir", None, "Tokenizer directory; default: the checkpoint's, else the packaged "
-                    "test tokenizer (random test models only).")
-flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype; default: the checkpoint's config.")
-flags.DEFINE_string("system_prompt", DEFAULT_SYSTEM_PROMPT, "System prompt; empty for none.")
-flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 (the default) decodes greedily.")
-flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (with temperature > 0).")
-flags.DEFINE_integer("seed", 0, "Sampling seed (with temperature > 0).")
-flags.DEFINE_integer("max_turns", 7, "Most assistant turns per item (the release's eval allows 7).")
-flags.DEFINE_integer("max_turn_tokens", 2048, "Most generated tokens per assistant turn.")
-flags.DEFINE_integer("max_context", 16384, "Tokens per slot: prompt, generated and tool turns.")
 flags.DEFINE_integer("max_tool_tokens", 8192, "Most tokens of all tool turns of one item together.")
 flags.DEFINE_integer("num_slots", 8, "Items decoded together.")
-flags.DEFINE_integer("decode_steps", 16, "Most tokens per slot per host round trip.")
-flags.DEFINE_integer("prefill_chunk", 256, "Tokens per cache write when appending a prompt or tool turn.")
 flags.DEFINE_integer("max_pixels", None, "Image size cap in pixels; default: the checkpoint's preprocessor "
                      "config, else 1003520.")
 flags.DEFINE_integer("chunk_size", 256, "Items handed to the engine at once (bounds trajectories held in memory).")
 flags.DEFINE_integer("sandbox_workers", 8, "Interpreter pool workers.")
-flags.DEFINE_float("code_timeout_s", 15.0, "Wall-clock limit of one code execution, in seconds.")
 flags.DEFINE_integer("report_image_side", 768, "Longest side of the images saved for the report, in pixels.")
 flags.DEFINE_string("judge_url", None, "OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) that judges "
                     "free-form answers the rules call wrong; off by default.")
@@ -59,7 +45,6 @@ flags.DEFINE_integer("process_index", None, "This process's index (default: jax.
 flags.DEFINE_integer("process_count", None, "Number of processes (default: jax.process_count()).")
 flags.DEFINE_float("merge_timeout_s", 6 * 3600, "How long process 0 waits for the other processes' shards.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
-flags.mark_flags_as_required(["benchmark", "out_dir"])
 
 
 def make_judge(index: int):
@@ -187,4 +172,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    flags.mark_flags_as_required(["benchmark", "out_dir"])
     app.run(main)
