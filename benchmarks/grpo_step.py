@@ -59,7 +59,8 @@ def grpo_config(args):
     c.grpo.prompts_per_step, c.grpo.group_size = args.prompts, args.group
     c.batch_size = args.prompts * args.group
     r = c.rollout
-    r.num_slots, r.max_turns, r.max_turn_tokens, r.max_response_tokens = c.batch_size, 1, args.new_tokens, args.new_tokens
+    r.num_slots, r.max_turns = c.batch_size, 1
+    r.max_turn_tokens = r.max_response_tokens = args.new_tokens
     r.max_context, c.length_buckets = 256, (256,)
     return c
 

@@ -37,7 +37,8 @@ PLOTTED = ("reward", "accuracy", "tool_call_rate", "tool_call_rate_hard_groups",
 def check_config(config) -> None:
     """Refuses settings that cannot run, before anything is built."""
     if config.grpo.group_size < 2:
-        raise ValueError(f"grpo.group_size must be >= 2 (a group of one has no advantage), got {config.grpo.group_size}")
+        raise ValueError(f"grpo.group_size must be >= 2 (a group of one has no advantage), "
+                         f"got {config.grpo.group_size}")
     if config.rollout.max_context > max(config.length_buckets):
         raise ValueError(f"rollout.max_context {config.rollout.max_context} exceeds the largest length bucket "
                          f"{max(config.length_buckets)}: a trajectory could not be trained on")
@@ -147,7 +148,8 @@ def main(argv):
         run_training(config, workdir, model_cfg=model_cfg,
                      abstract_state=abstract_state(model_cfg, tx, shardings, param_dtype), fresh_state=fresh_state,
                      train_step=grpo_step, data_iterator=prompts, asset_dir=tokenizer_files(config),
-                     evaluate=grpo_step.validate, plotted=PLOTTED, progress_keys=("reward", "accuracy", "tool_call_rate"))
+                     evaluate=grpo_step.validate, plotted=PLOTTED,
+                     progress_keys=("reward", "accuracy", "tool_call_rate"))
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ class GRPOStep:
         minibatches = update_batches(
             self.engine.model_config, trajectories, advantages, num_minibatches=config.grpo.num_minibatches,
             micro_batches=config.grad_accum_steps, length_buckets=config.length_buckets,
-            patch_buckets=config.patch_buckets, image_config=self.image_config, seed=derived_seed(config.seed, step, _MINIBATCH_SPLIT))
+            patch_buckets=config.patch_buckets, image_config=self.image_config,
+            seed=derived_seed(config.seed, step, _MINIBATCH_SPLIT))
         batches = [inputs_lib.global_batch(inputs_lib.agree_across_processes(mb), self.mesh) for mb in minibatches]
         if self.old_log_probs_fn is not None:  # several updates: freeze the old policy first
             for batch in batches:

@@ -1,6 +1,7 @@
 """GRPO learns: a tiny model taught the answer format by a short SFT, with "yes" and "no" equally
 likely, is moved by GRPO with the BAT reward toward the right answer. From a fixed seed, the
-mean reward of the last steps clearly exceeds that of the first (measured: 0.32 over the first five steps, 0.69 over the last five)."""
+mean reward of the last steps clearly exceeds that of the first (measured: 0.32 over the first
+five steps, 0.69 over the last five)."""
 import jax
 import numpy as np
 import pytest

@@ -24,7 +24,8 @@ def test_tool_use_is_reported_by_group_difficulty_and_by_tag():
     # Group 0 is hard (all wrong) and calls tools; group 1 is easy (all right) and does not.
     answers = ["<answer>no</answer>"] * 2 + ["<answer>yes</answer>"] * 2
     calls = [1, 1, 0, 0]
-    items = [rewards_lib.RewardItem(a, "yes", i // 2, outcomes=["ok"] * c) for i, (a, c) in enumerate(zip(answers, calls))]
+    items = [rewards_lib.RewardItem(a, "yes", i // 2, outcomes=["ok"] * c)
+             for i, (a, c) in enumerate(zip(answers, calls))]
     batch = rewards_lib.compute_rewards(items, "bat")
     prompts = [RLPrompt(id=str(i // 2), messages=[], images=[], ground_truth="yes", task="general",
                         difficulty=("hard", "easy")[i // 2]) for i in range(4)]
