@@ -11,6 +11,7 @@ from typing import Iterator
 
 import pyarrow.parquet as pq
 
+from codedance_jax.data.records import RecordError, read_jsonl
 from codedance_jax.eval.items import DataError
 
 
@@ -30,17 +31,10 @@ def _json(path: str) -> Iterator[tuple[object, dict]]:
 
 
 def _jsonl(path: str) -> Iterator[tuple[object, dict]]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: line {number + 1} is not valid JSON: {err}") from err
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: line {number + 1} is a {type(row).__name__}, expected an object")
-            yield number, row
+    try:
+        yield from read_jsonl(path)
+    except RecordError as err:  # the same file errors, as benchmark data errors
+        raise DataError(str(err)) from err
 
 
 def _parquet(path: str) -> Iterator[tuple[object, dict]]:
