@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import abc
 from typing import Mapping
 
 from codedance_jax import rewards
@@ -19,7 +20,7 @@ class UnknownBenchmark(DataError):
     pass
 
 
-class Benchmark:
+class Benchmark(abc.ABC):
     name = ""
     task = rewards.GENERAL
     data_help = ""                       # what --data must point at
@@ -32,8 +33,9 @@ class Benchmark:
             raise UnknownBenchmark(f"{self.name}: unknown option(s) {unknown}; options: {dict(self.defaults) or 'none'}")
         self.options = {**self.defaults, **options}
 
+    @abc.abstractmethod
     def read(self, path: str | None) -> Dataset:
-        raise NotImplementedError
+        """The benchmark's items from its public file form at `path`."""
 
     def task_of(self, item: Item) -> str:
         return item.task or self.task
