@@ -14,6 +14,8 @@ import linecache
 import os
 import stat
 import sys
+import threading
+import time
 import traceback
 
 from . import capture, isolation, protocol
@@ -23,6 +25,8 @@ REQUEST_FD = 3
 RESULT_FD = 4
 INPUT_IMAGE = "input_image.jpg"
 MAX_ERROR_CHARS = 500
+# How long a call's end waits for threads that finished in Python to leave the kernel.
+THREAD_EXIT_WAIT_S = 0.5
 
 
 def _fresh_namespace() -> dict:
@@ -93,6 +97,21 @@ class Interpreter:
         return None
 
 
+def _let_finished_threads_exit() -> None:
+    """A joined thread has left Python but can still be in the kernel for a moment; the
+    supervisor replaces an interpreter that still has threads when the call ends. When no
+    Python thread is left, wait (briefly) for the kernel to catch up. Threads still running
+    are the supervisor's to end, so they are not waited for."""
+    try:
+        if threading.active_count() > 1:
+            return
+        deadline = time.monotonic() + THREAD_EXIT_WAIT_S
+        while len(os.listdir("/proc/self/task")) > 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    except Exception:  # user code may have broken threading or /proc; the supervisor decides
+        pass
+
+
 def _write_seed_file(path: str, data: bytes) -> None:
     """Never blocks: whatever user code left under the name that is not a regular file (a
     FIFO whose open would wait for a reader, a socket, a symlink) is replaced."""
@@ -150,5 +169,6 @@ def serve(limits) -> None:
                     stream.flush()
                 except Exception:  # user code may have replaced or closed the stream
                     pass
+            _let_finished_threads_exit()
             write_all(RESULT_FD, encode_frame({"op": "done", "seq": header.get("seq"),
                                                "error": error}, interpreter.sink.pngs))
