@@ -32,7 +32,7 @@ def base() -> ml_collections.ConfigDict:
     # Batch and sequence buckets.
     c.batch_size = 4  # global, in sequences
     c.grad_accum_steps = 1
-    c.length_buckets = (256, 512)  # padded lengths; longer records are skipped and counted
+    c.length_buckets = (256, 512, 1024)  # padded lengths; longer records are skipped and counted
     c.patch_buckets = (512, 1024, 2048)  # image patch rows per (process-local) micro-batch
 
     # Optimisation: AdamW, linear warmup then cosine decay, global-norm clipping.

@@ -42,6 +42,14 @@ INPUT_IMAGE_FILE = "input_image.jpg"
 IM_END = "<|im_end|>"
 
 
+def sandbox_files(image, image_config: ImageProcessingConfig) -> dict[str, bytes]:
+    """The files a trajectory's sandbox session starts with: the input image as the model sees it
+    (``resize_for_model``), as a JPEG."""
+    jpeg = io.BytesIO()
+    resize_for_model(image, image_config).save(jpeg, format="JPEG", quality=95)
+    return {INPUT_IMAGE_FILE: jpeg.getvalue()}
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
     num_slots: int = 8
@@ -374,11 +382,7 @@ class Engine:
                                    image_config=cfg.image_config, add_generation_prompt=True)
             pixels, grids = preprocess_images(rendered.images, cfg.image_config)
             script = collections.deque(self._script_tokens(request.forced_turns or ()))
-            files = None
-            if rendered.images:
-                jpeg = io.BytesIO()
-                resize_for_model(rendered.images[0], cfg.image_config).save(jpeg, format="JPEG", quality=95)
-                files = {INPUT_IMAGE_FILE: jpeg.getvalue()}
+            files = sandbox_files(rendered.images[0], cfg.image_config) if rendered.images else None
         except (ValueError, TypeError, OSError) as err:
             return self._end(trajectory, traj_lib.FINISH_BAD_PROMPT, str(err))
         ids = rendered.input_ids.tolist()

@@ -101,11 +101,13 @@ def prompt_source(path: str) -> list[dict]:
 
 
 def synthetic_prompt_source(num_records: int, seed: int) -> list[dict]:
-    """The embedded synthetic task as raw RL records: the question turn and its ground truth."""
+    """The embedded task suite as raw RL records: the question turn, its ground truth, and the
+    item's difficulty and kind (so rollout metrics report tool use on easy and hard items)."""
     from codedance_jax.data.synthetic import synthetic_records
 
     return [{"id": r["id"], "data_source": "synthetic", "prompt": r["messages"][:1], "images": r["images"],
-             "reward_model": {"ground_truth": r["ground_truth"]}}
+             "reward_model": {"ground_truth": r["ground_truth"]},
+             "extra_info": {"difficulty": r["difficulty"], "kind": r["kind"]}}
             for r in synthetic_records(num_records, seed=seed)]
 
 

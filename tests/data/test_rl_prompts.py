@@ -90,3 +90,4 @@ def test_synthetic_prompts_are_questions_with_ground_truths():
     prompts = [decode_prompt(raw) for raw in synthetic_prompt_source(4, seed=0)]
     assert all(p.task == "general" and p.ground_truth and len(p.images) == 1 for p in prompts)
     assert all([m["role"] for m in p.messages] == ["user"] for p in prompts)
+    assert all(p.difficulty in ("easy", "hard") for p in prompts)

@@ -260,7 +260,10 @@ def test_synthetic_needs_no_data_and_is_stable():
     first = registry.get("synthetic:num=6:seed=3").read(None)
     again = registry.get("synthetic:num=3:seed=3").read(None)
     assert [i.id for i in first.items][:3] == [i.id for i in again.items]
-    assert {i.fields["category"] for i in first.items} <= {"exists", "count", "largest"}
+    assert {i.fields["category"] for i in first.items} <= {"exists", "count_few", "bar_labelled", "search_large",
+                                                           "count", "largest", "count_many", "bar_value",
+                                                           "search_small"}
+    assert {i.fields["difficulty"] for i in first.items} <= {"easy", "hard"}
     result = score_all(registry.get("synthetic:num=6:seed=3"), first,
                        {item.id: answer(item.gold) for item in first.items})
     assert result["overall"] == 100
