@@ -434,6 +434,9 @@ class InterpreterPool:
         if self._closed or session.closed:
             return ExecResult(error="SandboxError: the session or pool was closed",
                               session_reset=True)
+        if session.pid is not None and not self._zygote.alive():
+            # Its processes die with the sandbox (asynchronously): never talk to them again.
+            self._stop(session, "the sandbox was restarted")
         reset_note = None
         if session.reset_reason is not None:
             reset_note, session.reset_reason = session.reset_reason, None
