@@ -1,4 +1,4 @@
-"""GRPO experiment configs: `--config=configs/grpo.py:tiny` (or 3b, 7b).
+"""GRPO experiment configs: `--config=configs/grpo.py:tiny` (or demo, 3b, 7b).
 
 The model, optimiser, mesh, checkpoint and logging fields are SFT's (configs/sft.py); GRPO adds
 the prompts, the rollout engine, the sandbox, the group sampling, the policy loss and the reward.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from codedance_jax.data.synthetic import SPLIT_SEEDS
 from configs import sft
 
 
@@ -92,12 +93,47 @@ def base() -> ml_collections.ConfigDict:
     return c
 
 
+def demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`make demo`'s GRPO stage (train/demo.py sets `init_checkpoint` to the SFT export): the task
+    suite's RL split, 4 prompts x 8 samples, trajectories short enough for a CPU (a code answer
+    is ~400 tokens with the image), one length bucket so the update compiles once. Validation is
+    left to the demo's eval stage."""
+    c.model_preset = "demo"
+    c.tokenizer_dir = sft.DEMO_TOKENIZER
+    c.data.seed = SPLIT_SEEDS["rl"]
+    c.data.num_synthetic = 1024
+    c.data.max_pixels = 224 * 224
+    c.data.eval_source = ""
+    c.eval_every = 0
+    c.grpo.prompts_per_step = 4
+    c.grpo.group_size = 8
+    c.learning_rate = 2e-4
+    c.total_steps = 40
+    c.checkpoint_every = 5
+    c.log_every = 1
+    c.plot_every = 5
+    c.length_buckets = (768,)
+    c.patch_buckets = (8192,)
+    c.rollout.num_slots = 32
+    c.rollout.max_context = 768
+    c.rollout.max_turns = 3
+    c.rollout.max_turn_tokens = 256
+    c.rollout.max_response_tokens = 512
+    c.rollout.max_tool_tokens = 256
+    c.rollout.max_images = 2
+    c.rollout.prefill_chunk = 256
+    c.sandbox.num_workers = 2
+    return c
+
+
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     c = base()
     if preset == "tiny":
         return c
+    if preset == "demo":
+        return demo(c)
     if preset not in ("3b", "7b"):
-        raise ValueError(f"unknown GRPO preset {preset!r}; choose tiny, 3b or 7b")
+        raise ValueError(f"unknown GRPO preset {preset!r}; choose tiny, demo, 3b or 7b")
     # The release (SPEC section 5): group 8, 256 prompts per step, one update per rollout batch,
     # AdamW 1e-6 constant, weight decay 0.01, clip 1.0, no KL, clip 0.2/0.2, dual clip 3,
     # token-mean, temperature 1, 6 turns, 10240 prompt + 10240 response tokens, 15 s code timeout,

@@ -1,11 +1,15 @@
-"""SFT experiment configs: `--config=configs/sft.py:tiny` (or 3b, 7b).
+"""SFT experiment configs: `--config=configs/sft.py:tiny` (or demo, 3b, 7b).
 
 Everything an experiment is lives here; any field can be overridden on the command line with
 `--config.field=value` (e.g. `--config.total_steps=100 --config.mesh_shape=(1,-1,1)`).
 """
 from __future__ import annotations
 
+import os
+
 import ml_collections
+
+DEMO_TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_tokenizer")
 
 
 def base() -> ml_collections.ConfigDict:
@@ -64,12 +68,35 @@ def base() -> ml_collections.ConfigDict:
     return c
 
 
+def demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`make demo`'s SFT stage (train/demo.py): the `demo` model on the task suite's SFT split.
+    Images are capped at 224x224 px (64 tokens; the suite's code still reads them, which
+    tests/data/test_synthetic.py checks at this budget). One patch bucket and two length buckets
+    (a direct answer, a code trajectory) keep compilations to a handful; every suite record fits."""
+    c.model_preset = "demo"
+    c.tokenizer_dir = DEMO_TOKENIZER
+    c.data.num_synthetic = 2048
+    c.data.max_pixels = 224 * 224
+    c.batch_size = 8
+    c.length_buckets = (256, 768)
+    c.patch_buckets = (2048,)
+    c.total_steps = 400
+    c.learning_rate = 3e-3
+    c.warmup_steps = 10
+    c.checkpoint_every = 100
+    c.log_every = 10
+    c.plot_every = 100
+    return c
+
+
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     c = base()
     if preset == "tiny":
         return c
+    if preset == "demo":
+        return demo(c)
     if preset not in ("3b", "7b"):
-        raise ValueError(f"unknown SFT preset {preset!r}; choose tiny, 3b or 7b")
+        raise ValueError(f"unknown SFT preset {preset!r}; choose tiny, demo, 3b or 7b")
     # Release-scale SFT (SPEC section 5): bf16 compute, remat, long multi-turn sequences.
     c.model_preset = preset
     c.dtype = "bfloat16"

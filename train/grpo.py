@@ -30,7 +30,8 @@ from train.policy_loss import PolicyLossConfig
 from train.state import abstract_state, init_state, learning_rate_schedule, make_optimizer, state_shardings
 from train.step import jit_grpo_step, jit_old_log_probs
 
-PLOTTED = ("reward", "accuracy", "tool_call_rate", "tool_call_rate_hard_groups", "tool_call_rate_easy_groups",
+PLOTTED = ("reward", "accuracy", "tool_call_rate", "tool_call_rate_easy", "tool_call_rate_hard",
+           "tool_call_rate_hard_groups", "tool_call_rate_easy_groups",
            "val_accuracy", "val_tool_call_rate", "entropy", "clip_fraction", "response_length")
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from codedance_jax import rewards as rewards_lib
 from codedance_jax.data.rl_prompts import PromptIterator, RLPrompt
 from codedance_jax.processing.image import ImageProcessingConfig
+from codedance_jax.processing.tokenizer import pad_token_id
 from rollout.engine import Engine, Request
 from rollout.sampling import SamplingParams
 from train import inputs as inputs_lib
@@ -99,7 +100,7 @@ class GRPOStep:
             self.engine.model_config, trajectories, advantages, num_minibatches=config.grpo.num_minibatches,
             micro_batches=config.grad_accum_steps, length_buckets=config.length_buckets,
             patch_buckets=config.patch_buckets, image_config=self.image_config,
-            seed=derived_seed(config.seed, step, _MINIBATCH_SPLIT))
+            seed=derived_seed(config.seed, step, _MINIBATCH_SPLIT), pad_id=pad_token_id(self.tokenizer))
         batches = [inputs_lib.global_batch(inputs_lib.agree_across_processes(mb), self.mesh) for mb in minibatches]
         if self.old_log_probs_fn is not None:  # several updates: freeze the old policy first
             for batch in batches:

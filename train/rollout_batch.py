@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from codedance_jax import rewards as rewards_lib
 from codedance_jax.data.rl_prompts import RLPrompt
-from codedance_jax.processing.batching import collate
+from codedance_jax.processing.batching import ENDOFTEXT_ID, collate
 from codedance_jax.processing.chat import RenderedChat
 from codedance_jax.processing.image import ImageProcessingConfig
 from models.qwen2_5_vl.config import ModelConfig
@@ -56,10 +56,10 @@ def as_rendered(trajectory: Trajectory, image_token_id: int) -> RenderedChat:
 
 def micro_batch(model_cfg: ModelConfig, trajectories: Sequence[Trajectory], advantages: Sequence[np.ndarray], *,
                 rows: int, length_buckets: Sequence[int], patch_buckets: Sequence[int] | None,
-                image_config: ImageProcessingConfig) -> dict[str, np.ndarray]:
+                image_config: ImageProcessingConfig, pad_id: int = ENDOFTEXT_ID) -> dict[str, np.ndarray]:
     """One micro-batch of `rows` rows (trajectories, then empty rows) in the batch schema."""
     batch = collate([as_rendered(t, model_cfg.image_token_id) for t in trajectories], length_buckets=length_buckets,
-                    patch_buckets=patch_buckets, batch_size=rows, image_config=image_config)
+                    patch_buckets=patch_buckets, batch_size=rows, image_config=image_config, pad_id=pad_id)
     inputs = inputs_lib.model_inputs(model_cfg, batch)
     shape = batch.input_ids.shape
     inputs["advantages"] = inputs_lib.token_floats(advantages, shape)
@@ -70,7 +70,7 @@ def micro_batch(model_cfg: ModelConfig, trajectories: Sequence[Trajectory], adva
 def update_batches(model_cfg: ModelConfig, trajectories: Sequence[Trajectory], advantages: Sequence[np.ndarray], *,
                    num_minibatches: int, micro_batches: int, length_buckets: Sequence[int],
                    patch_buckets: Sequence[int] | None, image_config: ImageProcessingConfig,
-                   seed: int) -> list[dict[str, np.ndarray]]:
+                   seed: int, pad_id: int = ENDOFTEXT_ID) -> list[dict[str, np.ndarray]]:
     """The step's trajectories as `num_minibatches` stacked mini-batches (one optimizer update
     each) of `micro_batches` micro-batches. Mini-batches are a seeded random split; within one,
     trajectories are ordered by length so each micro-batch pads little."""
@@ -84,7 +84,8 @@ def update_batches(model_cfg: ModelConfig, trajectories: Sequence[Trajectory], a
     for mini in np.split(order, num_minibatches):
         mini = sorted(mini, key=lambda i: len(trajectories[i].tokens))
         micro = [micro_batch(model_cfg, [trajectories[i] for i in part], [advantages[i] for i in part], rows=rows,
-                             length_buckets=length_buckets, patch_buckets=patch_buckets, image_config=image_config)
+                             length_buckets=length_buckets, patch_buckets=patch_buckets, image_config=image_config,
+                             pad_id=pad_id)
                  for part in np.split(np.asarray(mini), micro_batches)]
         stacked.append(inputs_lib.stack_micro_batches(micro))
     return stacked

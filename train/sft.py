@@ -19,7 +19,7 @@ from codedance_jax import mesh as mesh_lib
 from codedance_jax.data.pipeline import make_sft_iterator
 from codedance_jax.logging_setup import quiet_library_logs
 from codedance_jax.processing.image import ImageProcessingConfig
-from codedance_jax.processing.tokenizer import load_tokenizer
+from codedance_jax.processing.tokenizer import load_tokenizer, pad_token_id
 from train import inputs as inputs_lib
 from train.experiment import data_source, initialize_distributed, micro_batch_rows, model_config, tokenizer_files
 from train.loop import run_training
@@ -51,7 +51,8 @@ def main(argv):
         data_source(config), tokenizer=tokenizer, batch_size=rows, length_buckets=config.length_buckets,
         patch_buckets=config.patch_buckets, seed=config.data.seed, image_config=images,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        window_batches=config.data.window_batches, system_prompt=config.data.system_prompt or None)
+        window_batches=config.data.window_batches, system_prompt=config.data.system_prompt or None,
+        pad_id=pad_token_id(tokenizer))
 
     param_dtype = jax.numpy.dtype(config.param_dtype)
     tx = make_optimizer(config)

@@ -27,3 +27,11 @@ def load_tokenizer(path: str | None = None) -> PreTrainedTokenizerBase:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer directory {path!r} does not exist")
     return AutoTokenizer.from_pretrained(path)
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id batches pad with: `<|endoftext|>` (151643 in Qwen's vocabulary, not in a small one)."""
+    token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError("the tokenizer has no <|endoftext|> token to pad with")
+    return token_id

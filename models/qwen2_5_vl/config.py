@@ -15,6 +15,9 @@ import jax.numpy as jnp
 
 MODEL_TYPE = "qwen2_5_vl"
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Text attention: "splash" = Pallas TPU kernels (attention_kernels.py), "chunked" = the XLA paths
+# in layers.py, "auto" = Pallas on TPU where the shapes tile, else chunked.
+ATTENTION_IMPLS = ("auto", "chunked", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +89,13 @@ class ModelConfig:
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
     dtype: str = "float32"  # compute dtype; parameters keep their own dtype
+    attention_impl: str = "auto"  # one of ATTENTION_IMPLS; a runtime choice, not saved in config.json
 
     def __post_init__(self):
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
         if sum(self.text.mrope_section) * 2 != self.text.head_dim:
             raise ValueError(
                 f"mrope_section {self.text.mrope_section} must sum to head_dim/2 = {self.text.head_dim // 2}")
@@ -233,6 +239,21 @@ PRESETS: dict[str, ModelConfig] = {
         text=TextConfig(vocab_size=151936, hidden_size=128, intermediate_size=256, num_layers=4,
                         num_heads=4, num_kv_heads=2, mrope_section=(4, 6, 6)),
         tie_word_embeddings=True,
+    ),
+    # `make demo` (SFT -> GRPO -> eval) within ~15 minutes on a 2-core CPU. A CPU step costs about
+    # tokens x (LM head + body), and with Qwen's 152k vocabulary the head is ~50x this body, so the
+    # demo uses the suite's own 1024-id tokenizer (configs/demo_tokenizer, built by
+    # codedance_jax/processing/small_tokenizer.py; Qwen's added tokens come first, so the vision
+    # ids below are Qwen's minus 151643). Two text layers of width 128 still form the induction
+    # heads that copy a question's colour into a code template; a 2-block vision tower of width 64
+    # sees 64 tokens per image (224x224 px).
+    "demo": ModelConfig(
+        vision=VisionConfig(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
+                            fullatt_block_indexes=(1,)),
+        text=TextConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_layers=2,
+                        num_heads=4, num_kv_heads=2, mrope_section=(4, 6, 6)),
+        tie_word_embeddings=True, image_token_id=12, video_token_id=13, vision_start_token_id=9,
+        vision_end_token_id=10,
     ),
     "3b": ModelConfig(
         vision=_vision_for(2048),
