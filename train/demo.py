@@ -23,14 +23,6 @@ from absl import app, flags
 
 from train.monitoring import plot_curves
 
-_WORKDIR = flags.DEFINE_string("workdir", "workdir/demo", "Where the stages write (one directory each).")
-_NUM_EVAL = flags.DEFINE_integer("num_eval", 64, "Held-out items evaluated after SFT and after GRPO.")
-_SFT_ARGS = flags.DEFINE_multi_string("sft_arg", [], "An extra train.sft flag (repeatable), e.g. "
-                                       "--sft_arg=--config.total_steps=50.")
-_GRPO_ARGS = flags.DEFINE_multi_string("grpo_arg", [], "An extra train.grpo flag (repeatable), e.g. "
-                                       "--grpo_arg=--config.reward.kind=deepeyes.")
-_EVAL_ARGS = flags.DEFINE_multi_string("eval_arg", [], "An extra codedance_jax.eval.main flag (repeatable), "
-                                       "e.g. --eval_arg=--max_turn_tokens=128.")
 
 DIFFICULTIES = ("easy", "hard")
 CURVES = ("reward", "tool_call_rate_easy", "tool_call_rate_hard", "accuracy_easy", "accuracy_hard")
@@ -127,12 +119,13 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def main(argv):
     del argv
-    workdir = _WORKDIR.value
+    f = flags.FLAGS
+    workdir = f.workdir
     times = {}
     # The two evals run the same programs, and a resumed stage recompiles nothing: one JAX cache.
     env = {"JAX_COMPILATION_CACHE_DIR": os.path.join(workdir, "jax_cache"), **os.environ}
     try:
-        for stage in stages(workdir, _NUM_EVAL.value, _SFT_ARGS.value, _GRPO_ARGS.value, _EVAL_ARGS.value):
+        for stage in stages(workdir, f.num_eval, f.sft_arg, f.grpo_arg, f.eval_arg):
             times[stage.name] = stage.run(os.path.join(workdir, "logs"), env)
         results = {name: by_difficulty(os.path.join(workdir, f"eval_{name}", "predictions.jsonl"))
                    for name in ("sft", "grpo")}
@@ -151,4 +144,13 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Flags are defined here, not on import, so experiments can reuse the stages (as in train/grpo.py).
+    flags.DEFINE_string("workdir", "workdir/demo", "Where the stages write (one directory each).")
+    flags.DEFINE_integer("num_eval", 64, "Held-out items evaluated after SFT and after GRPO.")
+    flags.DEFINE_multi_string("sft_arg", [], "An extra train.sft flag (repeatable), e.g. "
+                              "--sft_arg=--config.total_steps=50.")
+    flags.DEFINE_multi_string("grpo_arg", [], "An extra train.grpo flag (repeatable), e.g. "
+                              "--grpo_arg=--config.reward.kind=deepeyes.")
+    flags.DEFINE_multi_string("eval_arg", [], "An extra codedance_jax.eval.main flag (repeatable), "
+                              "e.g. --eval_arg=--max_turn_tokens=128.")
     app.run(main)
