@@ -21,6 +21,7 @@ def base() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype
     c.param_dtype = "float32"  # master weights
     c.remat = False  # recompute each decoder layer in the backward pass
+    c.attention_impl = "auto"  # "auto" (Pallas kernels on TPU), "chunked" (XLA) or "splash"; docs/attention.md
 
     # Data.
     c.data = ml_collections.ConfigDict()

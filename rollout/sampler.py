@@ -129,8 +129,9 @@ def append_segment(cfg: ModelConfig, params: dict, cache: text.KVCache, slot: ja
     embeds = model_lib.embed_inputs(cfg, params, segment)  # [1, L, D], image features merged
     positions = segment["positions"]                      # [3, 1, L]
     num_tokens = segment["num_tokens"]
-    one = text.KVCache(k=jax.lax.dynamic_slice_in_dim(cache.k, slot, 1, axis=1),
-                       v=jax.lax.dynamic_slice_in_dim(cache.v, slot, 1, axis=1), lengths=start[None])
+    # The slot's cache alone (axis 2 of [kv_heads, layers, slots, max_len, head_dim]).
+    one = text.KVCache(k=jax.lax.dynamic_slice_in_dim(cache.k, slot, 1, axis=2),
+                       v=jax.lax.dynamic_slice_in_dim(cache.v, slot, 1, axis=2), lengths=start[None])
 
     def write_chunk(index, one):
         begin = index * chunk
@@ -138,12 +139,12 @@ def append_segment(cfg: ModelConfig, params: dict, cache: text.KVCache, slot: ja
         chunk_positions = jax.lax.dynamic_slice_in_dim(positions, begin, chunk, axis=2)
         real = jnp.clip(num_tokens - begin, 0, chunk)[None]
         _, one = text.forward_with_cache(cfg.text, params["text"], chunk_embeds, chunk_positions, real, one,
-                                         cfg.compute_dtype)
+                                         cfg.compute_dtype, attention_impl=cfg.attention_impl)
         return one
 
     one = jax.lax.fori_loop(0, (num_tokens + chunk - 1) // chunk, write_chunk, one)
-    return text.KVCache(k=jax.lax.dynamic_update_slice_in_dim(cache.k, one.k, slot, axis=1),
-                        v=jax.lax.dynamic_update_slice_in_dim(cache.v, one.v, slot, axis=1),
+    return text.KVCache(k=jax.lax.dynamic_update_slice_in_dim(cache.k, one.k, slot, axis=2),
+                        v=jax.lax.dynamic_update_slice_in_dim(cache.v, one.v, slot, axis=2),
                         lengths=cache.lengths.at[slot].set(one.lengths[0]))
 
 

@@ -10,9 +10,10 @@ from models.qwen2_5_vl.config import load_config
 
 
 def model_config(config) -> ModelConfig:
-    """The architecture: from the initial checkpoint when there is one, else the preset."""
+    """The architecture (from the initial checkpoint when there is one, else the preset) and how
+    to run it: compute dtype and attention path."""
     base = load_config(config.init_checkpoint) if config.init_checkpoint else get_preset(config.model_preset)
-    return base.replace(dtype=config.dtype)
+    return base.replace(dtype=config.dtype, attention_impl=config.attention_impl)
 
 
 def tokenizer_files(config) -> str:

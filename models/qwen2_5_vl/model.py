@@ -109,7 +109,7 @@ def forward_hidden(cfg: ModelConfig, params: dict, inputs: dict, remat: bool = F
     """Final hidden states [B, L, D] for padded inputs (see ModelInputs.as_jax_tree)."""
     embeds = embed_inputs(cfg, params, inputs)
     return text.forward_hidden(cfg.text, params["text"], embeds, inputs["positions"], inputs["attention_mask"],
-                               cfg.compute_dtype, remat=remat)
+                               cfg.compute_dtype, remat=remat, attention_impl=cfg.attention_impl)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -128,7 +128,8 @@ def extend_cache(cfg: ModelConfig, params: dict, embeds: jax.Array, positions: j
     """Appends a chunk of embedded tokens to the KV cache; returns float32 logits [B, T, V].
     kv_window: see text.forward_with_cache."""
     hidden, cache = text.forward_with_cache(cfg.text, params["text"], embeds.astype(cfg.compute_dtype),
-                                            positions, num_new, cache, cfg.compute_dtype, kv_window)
+                                            positions, num_new, cache, cfg.compute_dtype, kv_window,
+                                            cfg.attention_impl)
     return text.lm_logits(params["text"], hidden), cache
 
 

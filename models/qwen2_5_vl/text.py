@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models.qwen2_5_vl import attention_kernels
 from models.qwen2_5_vl.config import TextConfig
 from models.qwen2_5_vl.layers import activation, apply_rope, attention, causal_attention, param, rms_norm
 from models.qwen2_5_vl.rope import mrope_tables
@@ -45,20 +46,21 @@ class TextDecoder(nnx.Module):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Per-slot KV cache. k/v: [layers, B, max_len, kv_heads, head_dim]; lengths: [B] tokens
-    already written for each slot (new tokens are written at `lengths`)."""
+    """Per-slot KV cache. k/v: [kv_heads, layers, B, max_len, head_dim]; lengths: [B] tokens
+    already written for each slot (new tokens are written at `lengths`). Head-major so that the
+    paged decode kernel sees the whole cache as one page pool (see attention_kernels)."""
     k: jax.Array
     v: jax.Array
     lengths: jax.Array
 
     @classmethod
     def zeros(cls, cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
-        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_kv_heads, cfg.num_layers, batch, max_len, cfg.head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
     @property
     def nbytes(self) -> int:
@@ -95,12 +97,15 @@ def _layer(cfg: TextConfig, lp: dict, h, cos, sin, attend, dtype):
 
 
 def forward_hidden(cfg: TextConfig, params: dict, embeds: jax.Array, positions: jax.Array,
-                   attention_mask: jax.Array, dtype, remat: bool = False) -> jax.Array:
+                   attention_mask: jax.Array, dtype, remat: bool = False, attention_impl: str = "auto"
+                   ) -> jax.Array:
     """Full causal forward. embeds [B, L, D], positions [3, B, L], attention_mask [B, L] (1 = real).
-    Returns final-normed hidden states [B, L, D]."""
+    Returns final-normed hidden states [B, L, D]. attention_impl: see config.ATTENTION_IMPLS."""
     cos, sin = mrope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
     key_valid = attention_mask.astype(bool)
-    attend = lambda q, k, v: (causal_attention(q, k, v, key_valid), None)  # noqa: E731
+    splash = attention_kernels.use_pallas(attention_impl, attention_kernels.splash_fits(embeds.shape[1]))
+    causal = attention_kernels.splash_causal_attention if splash else causal_attention
+    attend = lambda q, k, v: (causal(q, k, v, key_valid), None)  # noqa: E731
     layer = functools.partial(_layer, cfg, cos=cos, sin=sin, attend=attend, dtype=dtype)
     if remat:
         layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)
@@ -113,8 +118,8 @@ def forward_hidden(cfg: TextConfig, params: dict, embeds: jax.Array, positions: 
 
 
 def forward_with_cache(cfg: TextConfig, params: dict, embeds: jax.Array, positions: jax.Array,
-                       num_new: jax.Array, cache: KVCache, dtype, kv_window: int | None = None
-                       ) -> tuple[jax.Array, KVCache]:
+                       num_new: jax.Array, cache: KVCache, dtype, kv_window: int | None = None,
+                       attention_impl: str = "auto") -> tuple[jax.Array, KVCache]:
     """Appends a chunk of T tokens per slot to the cache and returns their hidden states.
 
     embeds [B, T, D]; positions [3, B, T]; num_new [B] how many of the T tokens are real for each
@@ -123,6 +128,8 @@ def forward_with_cache(cfg: TextConfig, params: dict, embeds: jax.Array, positio
     kv_window (static): attend to the first kv_window cache positions only, which must hold
     every attending slot's `lengths + T`; default the whole cache. Decode reads only the filled
     part of a long cache this way.
+    attention_impl: one-token decode (T == 1) may take the paged kernel, which reads each slot's
+    filled pages whatever the window; chunk appends keep the dense path (compute-bound, short).
     """
     cos, sin = mrope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
     batch, t = embeds.shape[:2]
@@ -130,16 +137,23 @@ def forward_with_cache(cfg: TextConfig, params: dict, embeds: jax.Array, positio
     rows = cache.lengths[:, None] + jnp.arange(t)[None, :]  # [B, T] cache positions of the new tokens
     mask = jnp.arange(window)[None, None, :] <= rows[:, :, None]  # causal over the cache
     slots = jnp.arange(batch)[:, None]
+    paged = t == 1 and attention_kernels.use_pallas(
+        attention_impl, attention_kernels.paged_fits(cache.max_len, cache.k.dtype))
 
     def body(carry, lp):
         # The cache is carried whole and updated in place; a layer reads only its window.
         h, k_cache, v_cache, index = carry
 
         def attend(q, k, v):
-            k_all = k_cache.at[index, slots, rows].set(k.astype(k_cache.dtype))
-            v_all = v_cache.at[index, slots, rows].set(v.astype(v_cache.dtype))
+            # [K, layers, B, S, H] indexed at (layer, slot, row): the update is [K, B, T, H].
+            write = lambda c, x: c.at[:, index, slots, rows].set(x.transpose(2, 0, 1, 3).astype(c.dtype))  # noqa: E731
+            k_all, v_all = write(k_cache, k), write(v_cache, v)
+            if paged:
+                out = attention_kernels.paged_decode_attention(q, k_all, v_all, index, rows[:, 0] + 1)
+                return out, (k_all, v_all)
             read = lambda a: jax.lax.dynamic_slice(  # noqa: E731
-                a, (index, 0, 0, 0, 0), (1, batch, window, *a.shape[3:]))[0].astype(dtype)
+                a, (0, index, 0, 0, 0), (a.shape[0], 1, batch, window, a.shape[4]))[:, 0].transpose(
+                    1, 2, 0, 3).astype(dtype)  # [B, window, K, H]
             return attention(q, read(k_all), read(v_all), mask), (k_all, v_all)
 
         h, (k_cache, v_cache) = _layer(cfg, lp, h, cos, sin, attend, dtype)
