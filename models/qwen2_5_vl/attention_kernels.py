@@ -9,7 +9,9 @@
   the layer out first would copy it on every step.
 
 Elsewhere (CPU/GPU, or shapes the kernels cannot tile under "auto") the XLA paths in layers.py
-run. `interpret` (default: off TPU) runs a kernel in Pallas' TPU interpret mode, for tests.
+run. `interpret=True`, or tracing under `interpreted()`, runs the kernels in Pallas' interpret
+mode on any backend, for tests; nothing else interprets (so an AOT compile for TPU from a CPU
+host lowers the real kernels).
 
 XLA cannot partition a Pallas kernel, so on several devices a kernel runs per shard in a
 shard_map over the mesh the caller traces under (`jax.set_mesh`): rows over the data-parallel
@@ -18,6 +20,7 @@ axes, heads over "tensor". Without such a mesh "auto" keeps the XLA path on mult
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +39,18 @@ SPLASH_BLOCKS = (512, 256, 128)
 # Page sizes that tile a cache length; decode reads about DECODE_BLOCK_TOKENS keys per step.
 PAGE_SIZES = (128, 64, 32, 16)
 DECODE_BLOCK_TOKENS = 512
+
+_INTERPRETED = contextvars.ContextVar("attention_kernels_interpreted", default=False)
+
+
+@contextlib.contextmanager
+def interpreted():
+    """Kernels traced inside run in interpret mode (the model path has no `interpret` argument)."""
+    token = _INTERPRETED.set(True)
+    try:
+        yield
+    finally:
+        _INTERPRETED.reset(token)
 
 
 def _largest_divisor(size: int, candidates: tuple[int, ...]) -> int | None:
@@ -86,10 +101,6 @@ def _per_shard(fn, arrays, specs, out_spec):
                          check_vma=False)(*arrays)
 
 
-def _interpret(interpret: bool | None) -> bool:
-    return jax.default_backend() != "tpu" if interpret is None else interpret
-
-
 def _splash_kernel(length: int, num_heads: int, block: int, interpret: bool):
     mask = splash.MultiHeadMask([splash.CausalMask((length, length))] * num_heads)
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
@@ -100,7 +111,7 @@ def _splash_kernel(length: int, num_heads: int, block: int, interpret: bool):
 
 
 def splash_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, *,
-                            interpret: bool | None = None) -> jax.Array:
+                            interpret: bool = False) -> jax.Array:
     """Causal self-attention with splash; the contract of layers.causal_attention.
 
     q [B, L, N, H], k/v [B, L, K, H] (N a multiple of K), key_valid [B, L] (False for padding).
@@ -109,6 +120,7 @@ def splash_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid:
     differ from the dense path's (which lets them see real keys); both are don't-cares.
     """
     _, length, _, head_dim = q.shape
+    interpret = interpret or _INTERPRETED.get()
     block = _largest_divisor(length, SPLASH_BLOCKS)
     if block is None:
         raise ValueError(f"splash attention needs the sequence length to be a multiple of {SPLASH_BLOCKS[-1]} "
@@ -117,7 +129,9 @@ def splash_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid:
     heads_first = lambda a: a.transpose(1, 0, 2)  # noqa: E731  splash takes [heads, L, H]
 
     def rows(q, k, v, segments):  # one shard: its rows and heads
-        kernel = _splash_kernel(length, q.shape[2], block, _interpret(interpret))
+        # Splash's own interpret flag (kept for its backward kernels, and it works under vmap,
+        # where this JAX's TPU interpret mode does not).
+        kernel = _splash_kernel(length, q.shape[2], block, interpret)
 
         def one_row(q, k, v, segments):
             ids = splash.SegmentIds(q=segments, kv=segments)
@@ -132,7 +146,7 @@ def splash_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid:
 
 
 def paged_decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, layer: jax.Array,
-                           lengths: jax.Array, *, interpret: bool | None = None) -> jax.Array:
+                           lengths: jax.Array, *, interpret: bool = False) -> jax.Array:
     """One query per slot over its first `lengths` cache positions in one layer, with paged attention.
 
     q [B, 1, N, H]; k_cache/v_cache the whole cache [K, layers, B, S, H]; layer: int scalar
@@ -152,9 +166,9 @@ def paged_decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
         raise ValueError(f"paged decode attention needs the KV cache length to be a multiple of {PAGE_SIZES[-1]} "
                          f"(its smallest page); got {cache_len}: choose capacity + chunk accordingly or use "
                          f"attention_impl='chunked'")
+    interpret = interpret or _INTERPRETED.get()
     pages_per_slot = cache_len // page
     per_block = max(c for c in range(1, max(1, DECODE_BLOCK_TOKENS // page) + 1) if pages_per_slot % c == 0)
-    interpret = _interpret(interpret)
 
     def shard(q, k_cache, v_cache, lengths, layer):  # page indices are local to a shard's slots
         kv_heads, _, slots = k_cache.shape[:3]

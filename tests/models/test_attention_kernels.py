@@ -146,15 +146,17 @@ def test_decoder_forward_and_cache_decode_agree_across_impls(decoder):
     params, embeds, positions = decoder
     real = padded_rows(128)
     mask = jnp.asarray(real, jnp.int32)
-    full = {impl: text.forward_hidden(CFG, params, embeds, positions, mask, jnp.float32, attention_impl=impl)
-            for impl in ("chunked", "splash")}
+    with ak.interpreted():  # the model path, with the kernels interpreted
+        full = {impl: text.forward_hidden(CFG, params, embeds, positions, mask, jnp.float32, attention_impl=impl)
+                for impl in ("chunked", "splash")}
     np.testing.assert_allclose(full["splash"][real], full["chunked"][real], atol=1e-4, rtol=0)
 
     # A 16-token prefill takes the dense path under either impl (only T == 1 is paged).
     cache = text.KVCache.zeros(CFG, batch=2, max_len=96, dtype=jnp.bfloat16)
     _, cache = text.forward_with_cache(CFG, params, embeds[:, :16], positions[:, :, :16], jnp.array([16, 9]),
                                        cache, jnp.float32)
-    decoded = {impl: text.forward_with_cache(CFG, params, embeds[:, 16:17], positions[:, :, 16:17],
-                                             jnp.array([1, 1]), cache, jnp.float32, attention_impl=impl)[0]
-               for impl in ("chunked", "splash")}
+    with ak.interpreted():
+        decoded = {impl: text.forward_with_cache(CFG, params, embeds[:, 16:17], positions[:, :, 16:17],
+                                                 jnp.array([1, 1]), cache, jnp.float32, attention_impl=impl)[0]
+                   for impl in ("chunked", "splash")}
     np.testing.assert_allclose(decoded["splash"], decoded["chunked"], atol=1e-4, rtol=0)
