@@ -1,10 +1,14 @@
 """The Pallas TPU attention path (models/qwen2_5_vl/attention_kernels.py), run in Pallas' TPU
 interpret mode on CPU against the dense reference (layers.attention with the equivalent mask)."""
+import importlib.util
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from codedance_jax.mesh import make_mesh
 from models.qwen2_5_vl import attention_kernels as ak
@@ -160,3 +164,30 @@ def test_decoder_forward_and_cache_decode_agree_across_impls(decoder):
                                                  jnp.array([1, 1]), cache, jnp.float32, attention_impl=impl)[0]
                    for impl in ("chunked", "splash")}
     np.testing.assert_allclose(decoded["splash"], decoded["chunked"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.tpu
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed "
+                    "(pip install -r requirements-tpu.txt)")
+def test_kernels_compile_for_a_tpu_topology():
+    """The real Mosaic kernels (not interpreted) compile for v5p at 7B's head shapes (28 query heads
+    over 4 KV heads of 128, bfloat16), splash with its backward, per shard on a data x tensor mesh."""
+    import os
+
+    from jax.experimental import topologies
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    devices = list(topologies.get_topology_desc(topology_name="v5p:2x2x1", platform="tpu").devices)
+    mesh = make_mesh((1, 2, 2), devices)
+    rows, heads = ("data", "fsdp"), "tensor"
+    spec = lambda shape, dims, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(  # noqa: E731
+        shape, dtype, sharding=NamedSharding(mesh, P(*dims)))
+    q, k = spec((2, 2048, 28, 128), (rows, None, heads, None)), spec((2, 2048, 4, 128), (rows, None, heads, None))
+    valid = spec((2, 2048), (rows, None), jnp.bool_)
+    cache = spec((4, 2, 4, 1024, 128), (heads, None, rows, None, None))
+    loss = lambda q, k, v, valid: ak.splash_causal_attention(q, k, v, valid).astype(jnp.float32).sum()  # noqa: E731
+    with jax.set_mesh(mesh):
+        jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, k, valid).compile()
+        decode = lambda q, c, lengths: ak.paged_decode_attention(q, c, c, 1, lengths)  # noqa: E731
+        jax.jit(decode).lower(spec((4, 1, 28, 128), (rows, None, heads, None)), cache,
+                              spec((4,), (rows,), jnp.int32)).compile()
