@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from train.demo import DIFFICULTIES, Stage, StageError, by_difficulty, eval_stage  # noqa: E402
+from train.demo import DIFFICULTIES, Stage, StageError, by_difficulty, eval_stage, read_jsonl  # noqa: E402
 
 _SFT = flags.DEFINE_string("sft_export", "workdir/demo/sft/export", "The common start: an SFT export "
                            "of the demo preset (make demo writes it).")
@@ -30,17 +30,19 @@ _STEPS = flags.DEFINE_integer("steps", 30, "GRPO steps per run.")
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 64, "Held-out items evaluated per run.")
 
 METRICS = (("tool_call_rate", "easy"), ("tool_call_rate", "hard"), ("accuracy", "easy"), ("accuracy", "hard"))
+LAST_STEPS = 4  # sampled rollouts of the last GRPO steps: more sensitive than the greedy eval
 
 
 def runs(sft_export: str, out_dir: str, rewards, seeds, steps: int, num_eval: int) -> dict:
-    """{label: [eval predictions path per seed]}, running what has not run yet."""
+    """{label: [(eval predictions path, GRPO metrics path or None) per seed]}, running what has
+    not run yet."""
     if not os.path.exists(os.path.join(sft_export, "config.json")):
         raise StageError(f"no SFT export at {sft_export}: run `make demo` (its SFT stage) first")
     log_dir = os.path.join(out_dir, "logs")
     env = {"JAX_COMPILATION_CACHE_DIR": os.path.join(out_dir, "jax_cache"), **os.environ}
     start = os.path.join(out_dir, "eval_sft")
     eval_stage("eval_sft", sft_export, start, num_eval).run(log_dir, env)
-    results = {"SFT start": [os.path.join(start, "predictions.jsonl")]}
+    results = {"SFT start": [(os.path.join(start, "predictions.jsonl"), None)]}
     for reward in rewards:
         results[reward] = []
         for seed in seeds:
@@ -52,29 +54,41 @@ def runs(sft_export: str, out_dir: str, rewards, seeds, steps: int, num_eval: in
                   os.path.join(workdir, "export", "config.json")).run(log_dir, env)
             evaluated = os.path.join(out_dir, f"eval_{name}")
             eval_stage(f"eval_{name}", os.path.join(workdir, "export"), evaluated, num_eval).run(log_dir, env)
-            results[reward].append(os.path.join(evaluated, "predictions.jsonl"))
+            results[reward].append((os.path.join(evaluated, "predictions.jsonl"),
+                                    os.path.join(workdir, "metrics.jsonl")))
     return results
 
 
+def sampled_rates(metrics_path: str) -> dict[str, float]:
+    """Tool-call rate (percent) on easy and hard prompts in the sampled rollouts of the last steps."""
+    rows = read_jsonl(metrics_path)[-LAST_STEPS:]
+    return {d: 100.0 * float(np.mean([r[f"tool_call_rate_{d}"] for r in rows if f"tool_call_rate_{d}" in r]))
+            for d in DIFFICULTIES}
+
+
 def summarize(results: dict) -> dict:
-    """{label: {(metric, difficulty): per-seed values}}."""
+    """{label: {column: per-seed values}}: greedy eval metrics, then sampled tool-call rates."""
     out = {}
-    for label, paths in results.items():
-        parts = [by_difficulty(path) for path in paths]
-        out[label] = {(m, d): [p[d][m] for p in parts] for m, d in METRICS}
+    for label, runs_of_label in results.items():
+        evals = [by_difficulty(predictions) for predictions, _ in runs_of_label]
+        out[label] = {f"eval {'tool-call' if m == 'tool_call_rate' else m} {d} %": [e[d][m] for e in evals]
+                      for m, d in METRICS}
+        sampled = [sampled_rates(metrics) for _, metrics in runs_of_label if metrics]
+        for d in DIFFICULTIES:
+            out[label][f"sampled tool-call {d} %"] = [r[d] for r in sampled]
     return out
 
 
 def markdown(summary: dict, settings: str) -> str:
-    header = " | ".join(f"{m.replace('_', '-')} {d} %" for m, d in METRICS)
-    lines = [f"| start / reward | seeds | {header} |", "|---|---|" + "---|" * len(METRICS)]
+    columns = list(next(iter(summary.values())))
+    lines = ["| start / reward | seeds | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     for label, values in summary.items():
-        cells = []
-        for key in METRICS:
-            v = values[key]
-            cells.append(f"{np.mean(v):.1f}" + (f" ({min(v):.0f}-{max(v):.0f})" if len(v) > 1 else ""))
-        lines.append(f"| {label} | {len(next(iter(values.values())))} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\nMean over seeds (min-max in brackets). {settings}\n"
+        cells = [(f"{np.mean(v):.1f}" + (f" ({min(v):.0f}-{max(v):.0f})" if len(v) > 1 else "")) if v else "-"
+                 for v in values.values()]
+        lines.append(f"| {label} | {len(values[columns[0]])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (f"\n\nMean over seeds (min-max in brackets). The first four columns are the greedy "
+                               f"eval on held-out items; the last two are the sampled GRPO rollouts of the last "
+                               f"{LAST_STEPS} steps. {settings}\n")
 
 
 def plot(summary: dict, path: str) -> None:
@@ -83,18 +97,19 @@ def plot(summary: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     labels = list(summary)
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    width = 0.8 / len(METRICS)
-    for k, key in enumerate(METRICS):
-        xs = np.arange(len(labels)) + (k - (len(METRICS) - 1) / 2) * width
-        means = [np.mean(summary[label][key]) for label in labels]
-        ax.bar(xs, means, width, label=f"{key[0].replace('_', ' ')}, {key[1]}")
+    columns = list(summary[labels[0]])
+    fig, ax = plt.subplots(figsize=(9, 4.6))
+    width = 0.8 / len(columns)
+    for k, column in enumerate(columns):
+        xs = np.arange(len(labels)) + (k - (len(columns) - 1) / 2) * width
+        ax.bar(xs, [np.mean(summary[label][column]) if summary[label][column] else 0 for label in labels], width,
+               label=column)
         for x, label in zip(xs, labels):  # each seed as a dot
-            ax.plot([x] * len(summary[label][key]), summary[label][key], "k.", ms=3)
+            ax.plot([x] * len(summary[label][column]), summary[label][column], "k.", ms=3)
     ax.set_xticks(np.arange(len(labels)), labels)
-    ax.set_ylabel("% of held-out items")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
