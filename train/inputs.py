@@ -34,6 +34,12 @@ _NDIM = {"input_ids": 3, "attention_mask": 3, "positions": 4, "loss_mask": 3, "p
 def model_inputs(cfg: ModelConfig, batch: Batch) -> dict[str, np.ndarray]:
     """One micro-batch as flat numpy arrays: token arrays [B, L] (positions [3, B, L]) and, when
     the batch has images, pixel rows and the vision layout (see models/qwen2_5_vl/vision_layout)."""
+    # An id past the embedding table is gathered as NaN on device, not as an error: catch it here
+    # (a tokenizer or pad id that does not belong to the model).
+    largest = int(batch.input_ids.max(initial=0))
+    if largest >= cfg.text.vocab_size:
+        raise ValueError(f"token id {largest} is outside the model's vocabulary of {cfg.text.vocab_size} "
+                         f"ids: the tokenizer or the pad id does not belong to this model")
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
               "positions": batch.position_ids, "loss_mask": batch.loss_mask}
     grids = batch.image_grid_thw

@@ -62,6 +62,7 @@ def run_training(config, workdir: str, *, model_cfg: ModelConfig, abstract_state
     progress = tqdm(total=config.total_steps, initial=step, disable=not is_chief, desc="train", unit="step")
     plot_path = os.path.join(workdir, "curves.png")
     tokens_since, time_since = 0.0, time.perf_counter()
+    saved_step = step  # the start: restored from (or, at 0, nothing to save)
     try:
         while step < config.total_steps and not guard.requested:
             state, metrics = train_step(state)
@@ -85,11 +86,14 @@ def run_training(config, workdir: str, *, model_cfg: ModelConfig, abstract_state
                 eval_values = evaluate(state)
                 if is_chief:
                     metrics_writer.write(step, eval_values)
-            if step % config.checkpoint_every == 0 or step == config.total_steps or guard.requested:
+            if step % config.checkpoint_every == 0 or step == config.total_steps:
                 checkpointer.save(step, state, data_iterator.get_state())
+                saved_step = step
             if is_chief and step % config.plot_every == 0:
                 plot_curves(metrics_writer.read(), plot_path, plotted)
         if guard.requested:
+            if saved_step != step:  # the step SIGTERM stopped at; checked here, not mid-step, so none is missed
+                checkpointer.save(step, state, data_iterator.get_state())
             logging.warning("SIGTERM: saved a checkpoint at step %d and stopping", step)
         else:
             export_parameters(state, model_cfg, os.path.join(workdir, EXPORT_SUBDIR), asset_dir)

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from codedance_jax import rewards as rewards_lib
 from codedance_jax.data.rl_prompts import RLPrompt
-from codedance_jax.processing.batching import ENDOFTEXT_ID, collate
+from codedance_jax.processing.batching import collate
 from codedance_jax.processing.chat import RenderedChat
 from codedance_jax.processing.image import ImageProcessingConfig
 from models.qwen2_5_vl.config import ModelConfig
@@ -56,7 +56,7 @@ def as_rendered(trajectory: Trajectory, image_token_id: int) -> RenderedChat:
 
 def micro_batch(model_cfg: ModelConfig, trajectories: Sequence[Trajectory], advantages: Sequence[np.ndarray], *,
                 rows: int, length_buckets: Sequence[int], patch_buckets: Sequence[int] | None,
-                image_config: ImageProcessingConfig, pad_id: int = ENDOFTEXT_ID) -> dict[str, np.ndarray]:
+                image_config: ImageProcessingConfig, pad_id: int) -> dict[str, np.ndarray]:
     """One micro-batch of `rows` rows (trajectories, then empty rows) in the batch schema."""
     batch = collate([as_rendered(t, model_cfg.image_token_id) for t in trajectories], length_buckets=length_buckets,
                     patch_buckets=patch_buckets, batch_size=rows, image_config=image_config, pad_id=pad_id)
@@ -70,10 +70,11 @@ def micro_batch(model_cfg: ModelConfig, trajectories: Sequence[Trajectory], adva
 def update_batches(model_cfg: ModelConfig, trajectories: Sequence[Trajectory], advantages: Sequence[np.ndarray], *,
                    num_minibatches: int, micro_batches: int, length_buckets: Sequence[int],
                    patch_buckets: Sequence[int] | None, image_config: ImageProcessingConfig,
-                   seed: int, pad_id: int = ENDOFTEXT_ID) -> list[dict[str, np.ndarray]]:
+                   seed: int, pad_id: int) -> list[dict[str, np.ndarray]]:
     """The step's trajectories as `num_minibatches` stacked mini-batches (one optimizer update
     each) of `micro_batches` micro-batches. Mini-batches are a seeded random split; within one,
-    trajectories are ordered by length so each micro-batch pads little."""
+    trajectories are ordered by length so each micro-batch pads little. pad_id: the tokenizer's
+    (codedance_jax.processing.tokenizer.pad_token_id); it differs between vocabularies."""
     count = len(trajectories)
     if count % (num_minibatches * micro_batches):
         raise ValueError(f"{count} trajectories do not split into {num_minibatches} mini-batches of "

@@ -12,8 +12,9 @@ from codedance_jax import mesh as mesh_lib
 from codedance_jax import rewards as rewards_lib
 from codedance_jax.data.rl_prompts import PromptIterator, decode_prompt
 from codedance_jax.processing.image import ImageProcessingConfig
-from codedance_jax.processing.tokenizer import load_tokenizer
+from codedance_jax.processing.tokenizer import load_tokenizer, pad_token_id
 from configs.grpo import get_config
+from configs.sft import DEMO_TOKENIZER
 from models.qwen2_5_vl import Qwen2_5_VL, get_preset
 from rollout.engine import Engine, Request
 from rollout.trajectory import TOOL_ERROR, TOOL_OK
@@ -26,8 +27,10 @@ from train.rollout_batch import reward_items, token_advantages, update_batches
 from train.state import init_state, learning_rate_schedule, make_optimizer, state_shardings
 from train.step import jit_grpo_step, jit_old_log_probs, policy_log_probs
 
-MODEL = get_preset("tiny")
+# The demo preset (1024-id vocabulary): the step is the model body, not a 152k-vocabulary LM head.
+MODEL = get_preset("demo")
 IMAGES = ImageProcessingConfig(max_pixels=12544)
+PAD = pad_token_id(load_tokenizer(DEMO_TOKENIZER))
 CROP = "<think>zoom</think>\n<code>\n```python\ninput_image.crop((0, 0, 56, 56))\n```\n</code>"
 FAIL = "<think>try</think>\n<code>\n```python\n1 / 0\n```\n</code>"
 
@@ -42,7 +45,8 @@ def grpo_config(**overrides):
     c.batch_size = 8
     r = c.rollout
     r.num_slots, r.max_context, r.max_turns, r.max_turn_tokens, r.max_response_tokens = 8, 256, 3, 40, 200
-    r.max_tool_tokens, r.decode_steps, r.prefill_chunk = 100, 8, 64
+    # A traceback takes ~130 of the demo tokenizer's ids (its merges were learned on the task suite).
+    r.max_tool_tokens, r.decode_steps, r.prefill_chunk = 160, 8, 64
     for key, value in overrides.items():
         target = c
         *path, last = key.split(".")
@@ -65,7 +69,7 @@ def image(i):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_tokenizer()
+    return load_tokenizer(DEMO_TOKENIZER)
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +112,14 @@ def test_rollouts_call_tools_and_rewards_read_only_generated_text(rollout):
     assert batch.trajectories[0].score.acc == 1 and batch.trajectories[1].score.acc == 0
     # The tool turn's text (with "ZeroDivisionError") never reaches the reward.
     assert all("tool_response" not in s for s in reward_items(trajectories[1:2], [decode_prompt(_raw(0))], [0],
-                                                               load_tokenizer())[0].response)
+                                                               load_tokenizer(DEMO_TOKENIZER))[0].response)
 
 
 def test_batch_holds_sampled_ids_turn_advantages_and_sampler_log_probs(rollout):
     _, trajectories, batch = rollout
     advantages = [token_advantages(t, r) for t, r in zip(trajectories, batch.trajectories)]
     (stacked,) = update_batches(MODEL, trajectories, advantages, num_minibatches=1, micro_batches=2,
-                                length_buckets=(128, 256), patch_buckets=(256, 512), image_config=IMAGES, seed=0)
+                                length_buckets=(128, 256), patch_buckets=(256, 512), image_config=IMAGES, seed=0, pad_id=PAD)
     rows = {}  # trajectories are ordered by length inside the mini-batch: find each one's row
     for m in range(2):
         for b in range(4):
@@ -145,7 +149,7 @@ def test_trainer_log_probs_equal_the_samplers(rollout):
     state, trajectories, batch = rollout
     advantages = [token_advantages(t, r) for t, r in zip(trajectories, batch.trajectories)]
     (stacked,) = update_batches(MODEL, trajectories, advantages, num_minibatches=1, micro_batches=1,
-                                length_buckets=(256,), patch_buckets=(512,), image_config=IMAGES, seed=0)
+                                length_buckets=(256,), patch_buckets=(512,), image_config=IMAGES, seed=0, pad_id=PAD)
     micro = jax.tree.map(lambda x: x[0], stacked)
     log_probs, _ = jax.jit(lambda p, m: policy_log_probs(p, m, model_cfg=MODEL, temperature=1.0, remat=False,
                                                          num_blocks=1, loss_chunk=256))(state.params, micro)
@@ -178,7 +182,7 @@ def test_sharded_update_equals_single_device(rollout):
     config = grpo_config(**{"loss.kl_coef": 0.05, "loss.aggregation": "sequence-mean-token-mean"})
     advantages = [token_advantages(t, r) for t, r in zip(trajectories, batch.trajectories)]
     minibatches = update_batches(MODEL, trajectories, advantages, num_minibatches=2, micro_batches=1,
-                                 length_buckets=(256,), patch_buckets=(512,), image_config=IMAGES, seed=3)
+                                 length_buckets=(256,), patch_buckets=(512,), image_config=IMAGES, seed=3, pad_id=PAD)
     ref_params, ref_metrics = _update((1, 1, 1), config, minibatches, ref=True)
     params, metrics = _update((1, 4, 2), config, minibatches, ref=True)
     for a, b in zip(ref_metrics, metrics):
@@ -197,7 +201,7 @@ def test_non_finite_update_is_refused(rollout):
     _, trajectories, batch = rollout
     advantages = [np.full(len(t.tokens), np.nan, np.float32) for t in trajectories]
     minibatches = update_batches(MODEL, trajectories, advantages, num_minibatches=1, micro_batches=1,
-                                 length_buckets=(256,), patch_buckets=(512,), image_config=IMAGES, seed=0)
+                                 length_buckets=(256,), patch_buckets=(512,), image_config=IMAGES, seed=0, pad_id=PAD)
     config = grpo_config()
     _, _, _, before = setup_state((1, 1, 1), config)
     params, (metrics,) = _update((1, 1, 1), config, minibatches, ref=False)
@@ -223,3 +227,12 @@ def test_steps_do_not_recompile_after_warm_up(engine):
     assert {"rollout_s", "scoring_s", "update_s", "clip_fraction", "entropy", "logprob_gap_abs",
             "zero_advantage_groups", "reward", "tool_call_rate"} <= set(metrics)
     assert metrics["logprob_gap_abs"] < 1e-3
+
+
+def test_a_pad_id_outside_the_vocabulary_is_refused(rollout):
+    """Qwen's <|endoftext|> (151643) padding a 1024-id model's batch would be gathered as NaN."""
+    _, trajectories, _ = rollout
+    advantages = [np.zeros(len(t.tokens), np.float32) for t in trajectories]
+    with pytest.raises(ValueError, match="token id 151643 is outside the model's vocabulary of 1024"):
+        update_batches(MODEL, trajectories, advantages, num_minibatches=1, micro_batches=1, length_buckets=(256,),
+                       patch_buckets=(512,), image_config=IMAGES, seed=0, pad_id=151643)

@@ -12,8 +12,9 @@ from binary_runs import committed_steps, final_params, finish, logged_steps, run
 
 STEPS = 3
 OVERRIDES = [
-    "--config=configs/grpo.py:tiny", f"--config.total_steps={STEPS}", "--config.checkpoint_every=2",
-    "--config.eval_every=2", "--config.data.num_eval=2", "--config.data.num_synthetic=16",
+    "--config=configs/grpo.py:demo", f"--config.total_steps={STEPS}", "--config.checkpoint_every=2",
+    "--config.eval_every=2", "--config.data.eval_source=synthetic", "--config.data.num_eval=2",
+    "--config.data.num_synthetic=16", "--config.plot_every=1",
     "--config.grpo.prompts_per_step=1", "--config.grpo.group_size=2", "--config.mesh_shape=(1,2,1)",
     "--config.rollout.num_slots=2", "--config.rollout.max_turn_tokens=12", "--config.rollout.max_response_tokens=24",
     "--config.data.max_pixels=12544", "--config.length_buckets=(256,)", "--config.rollout.max_context=256",

@@ -19,8 +19,10 @@ def test_two_processes_train_one_model(tmp_path):
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one CPU device per process
     runs = [subprocess.Popen(
-        [sys.executable, "-m", "train.sft", "--config=configs/sft.py:tiny", f"--workdir={tmp_path}",
+        [sys.executable, "-m", "train.sft", "--config=configs/sft.py:demo", f"--workdir={tmp_path}",
          "--config.total_steps=3", "--config.checkpoint_every=2", "--config.data.max_pixels=12544",
+         "--config.batch_size=4", "--config.length_buckets=(768,)", "--config.data.num_synthetic=16",
+         "--config.log_every=1",
          "--config.distributed=True", f"--config.coordinator_address=127.0.0.1:{port}",
          "--config.num_processes=2", f"--config.process_id={i}"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
