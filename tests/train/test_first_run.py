@@ -1,4 +1,4 @@
-"""A newcomer's first run: the SFT binary on its defaults, then `rollout.answer` given only the
+"""A newcomer's first run: the SFT binary on the demo preset, then `rollout.answer` given only the
 export. The export carries the tokenizer the run used (so no tokenizer flag and no warning), an
 export written on two devices loads on one, and neither binary prints library INFO logs."""
 import filecmp
@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-from codedance_jax.processing.tokenizer import packaged_test_tokenizer_dir
+from configs.sft import DEMO_TOKENIZER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ABSL_LINE = re.compile(r"^([IWE])\d{4} .* (\S+\.py):\d+\] (.*)$", re.M)  # absl's record format
@@ -24,16 +24,16 @@ def run(module, *args, devices):
     return result
 
 
-@pytest.mark.slow  # about two minutes on two cores: a 152k-vocabulary step compiles
+@pytest.mark.slow  # about a minute on two cores
 def test_sft_export_answers_with_no_tokenizer_flag_and_no_library_logs(tmp_path):
     workdir = tmp_path / "sft"
-    sft = run("train.sft", "--config=configs/sft.py:tiny", f"--workdir={workdir}", "--config.total_steps=1",
+    sft = run("train.sft", "--config=configs/sft.py:demo", f"--workdir={workdir}", "--config.total_steps=1",
               "--config.batch_size=2", "--config.mesh_shape=(1,2,1)", "--config.data.max_pixels=12544",
-              "--config.length_buckets=(512,)", "--config.data.num_synthetic=4", devices=2)
+              "--config.length_buckets=(768,)", "--config.data.num_synthetic=4", devices=2)
     logged = ABSL_LINE.findall(sft.stderr)
     assert [(level, source) for level, source, _ in logged] == [("I", "sft.py")], logged  # the project's own
     export = workdir / "export"
-    tokenizer_dir = packaged_test_tokenizer_dir()
+    tokenizer_dir = DEMO_TOKENIZER
     copied = sorted(os.listdir(tokenizer_dir))
     assert filecmp.cmpfiles(tokenizer_dir, export, copied, shallow=False)[0] == copied
 
