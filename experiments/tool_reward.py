@@ -124,8 +124,9 @@ def main(argv):
     except StageError as err:
         sys.exit(f"[tool_reward] {err}")
     settings = (f"GRPO of the demo preset from {_SFT.value}, {_STEPS.value} steps of 4 prompts x 8 samples, "
-                f"seeds {','.join(_SEEDS.value)}; greedy eval on {_NUM_EVAL.value} held-out synthetic items "
-                f"(easy and hard: {', '.join(DIFFICULTIES)}).")
+                f"sampling seeds {','.join(_SEEDS.value)}; greedy eval on {_NUM_EVAL.value} held-out synthetic "
+                f"items. Command: python -m experiments.tool_reward --steps={_STEPS.value} "
+                f"--seeds={','.join(_SEEDS.value)} --num_eval={_NUM_EVAL.value}")
     os.makedirs(_DOCS.value, exist_ok=True)
     table = markdown(summary, settings)
     with open(os.path.join(_DOCS.value, "tool_reward.md"), "w") as f:
