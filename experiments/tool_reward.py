@@ -17,17 +17,10 @@ import sys
 import numpy as np
 from absl import app, flags
 
+FLAGS = flags.FLAGS
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from train.demo import DIFFICULTIES, Stage, StageError, by_difficulty, eval_stage, read_jsonl  # noqa: E402
-
-_SFT = flags.DEFINE_string("sft_export", "workdir/demo/sft/export", "The common start: an SFT export "
-                           "of the demo preset (make demo writes it).")
-_OUT = flags.DEFINE_string("out_dir", "workdir/tool_reward", "Where the runs write.")
-_DOCS = flags.DEFINE_string("docs_dir", "docs", "Where the table and plot go.")
-_REWARDS = flags.DEFINE_list("rewards", ["bat", "deepeyes", "accuracy"], "reward.kind values compared.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "GRPO sampling seeds per reward (the prompts and their order stay the same).")
-_STEPS = flags.DEFINE_integer("steps", 30, "GRPO steps per run.")
-_NUM_EVAL = flags.DEFINE_integer("num_eval", 64, "Held-out items evaluated per run.")
 
 METRICS = (("tool_call_rate", "easy"), ("tool_call_rate", "hard"), ("accuracy", "easy"), ("accuracy", "hard"))
 LAST_STEPS = 4  # sampled rollouts of the last GRPO steps: more sensitive than the greedy eval
@@ -119,21 +112,31 @@ def plot(summary: dict, path: str) -> None:
 def main(argv):
     del argv
     try:
-        results = runs(_SFT.value, _OUT.value, _REWARDS.value, _SEEDS.value, _STEPS.value, _NUM_EVAL.value)
+        results = runs(FLAGS.sft_export, FLAGS.out_dir, FLAGS.rewards, FLAGS.seeds, FLAGS.steps, FLAGS.num_eval)
         summary = summarize(results)
     except StageError as err:
         sys.exit(f"[tool_reward] {err}")
-    settings = (f"GRPO of the demo preset from {_SFT.value}, {_STEPS.value} steps of 4 prompts x 8 samples, "
-                f"sampling seeds {','.join(_SEEDS.value)}; greedy eval on {_NUM_EVAL.value} held-out synthetic "
-                f"items. Command: python -m experiments.tool_reward --steps={_STEPS.value} "
-                f"--seeds={','.join(_SEEDS.value)} --num_eval={_NUM_EVAL.value}")
-    os.makedirs(_DOCS.value, exist_ok=True)
+    settings = (f"GRPO of the demo preset from {FLAGS.sft_export}, {FLAGS.steps} steps of 4 prompts x 8 samples, "
+                f"sampling seeds {','.join(FLAGS.seeds)}; greedy eval on {FLAGS.num_eval} held-out synthetic "
+                f"items. Command: python -m experiments.tool_reward --steps={FLAGS.steps} "
+                f"--seeds={','.join(FLAGS.seeds)} --num_eval={FLAGS.num_eval}")
+    os.makedirs(FLAGS.docs_dir, exist_ok=True)
     table = markdown(summary, settings)
-    with open(os.path.join(_DOCS.value, "tool_reward.md"), "w") as f:
+    with open(os.path.join(FLAGS.docs_dir, "tool_reward.md"), "w") as f:
         f.write("# Tool use by reward (experiments/tool_reward.py)\n\n" + table)
-    plot(summary, os.path.join(_DOCS.value, "tool_reward.png"))
+    plot(summary, os.path.join(FLAGS.docs_dir, "tool_reward.png"))
     print(table)
 
 
 if __name__ == "__main__":
+    # Defined here, not on import: eval.main, imported with this module, has its own --out_dir.
+    flags.DEFINE_string("sft_export", "workdir/demo/sft/export",
+                        "The common start: an SFT export of the demo preset (make demo writes it).")
+    flags.DEFINE_string("out_dir", "workdir/tool_reward", "Where the runs write.")
+    flags.DEFINE_string("docs_dir", "docs", "Where the table and plot go.")
+    flags.DEFINE_list("rewards", ["bat", "deepeyes", "accuracy"], "reward.kind values compared.")
+    flags.DEFINE_list("seeds", ["0", "1"],
+                      "GRPO sampling seeds per reward (the prompts and their order stay the same).")
+    flags.DEFINE_integer("steps", 30, "GRPO steps per run.")
+    flags.DEFINE_integer("num_eval", 64, "Held-out items evaluated per run.")
     app.run(main)

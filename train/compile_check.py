@@ -43,16 +43,7 @@ from train.experiment import model_config  # noqa: E402
 from train.state import abstract_state, learning_rate_schedule, make_optimizer, state_shardings  # noqa: E402
 from train.step import jit_train_step  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file and preset, "
-                                          "e.g. configs/sft.py:7b; override fields with --config.x=y.")
-_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology to compile for, as libtpu names it: "
-                                "<version>:<chips per axis>, e.g. v5e:4x4 (16 chips), v5p:2x2x1 (4 chips, "
-                                "v5p-8), v6e:2x4 (8 chips).")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", 0, "Padded sequence length of every row; 0 = the config's "
-                                "largest length bucket.")
-_IMAGE_PATCHES = flags.DEFINE_integer("image_patches", 2048, "Image patch rows (14x14 pixels each) per "
-                                      "sequence, as one image; 2048 is a ~400K-pixel image (512 image "
-                                      "tokens). 0 = a text-only step.")
+FLAGS = flags.FLAGS
 
 # HBM per chip (one JAX device: a v5p chip's two TensorCores form one megacore device).
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32, "TPU v6e": 32}
@@ -180,10 +171,10 @@ def memory_report(compiled, device_kind: str) -> dict[str, float]:
 
 def main(argv):
     del argv
-    config, topology = _CONFIG.value, _TOPOLOGY.value
+    config, topology = FLAGS.config, FLAGS.topology
     devices = topology_devices(topology)
     kind = devices[0].device_kind
-    lowered, mesh, spec = lower_step(config, devices, seq_len=_SEQ_LEN.value, image_patches=_IMAGE_PATCHES.value)
+    lowered, mesh, spec = lower_step(config, devices, seq_len=FLAGS.seq_len, image_patches=FLAGS.image_patches)
     data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
     print(f"topology {topology}: {len(devices)} chips ({kind}), "
           f"{len({d.process_index for d in devices})} hosts; mesh {dict(mesh.shape)}")
@@ -219,5 +210,14 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Defined here, not on import: train.sft and train.grpo, importable with this module, have --config.
+    config_flags.DEFINE_config_file("config", None, "Experiment config file and preset, e.g. configs/sft.py:7b; "
+                                    "override fields with --config.x=y.")
+    flags.DEFINE_string("topology", None, "TPU topology to compile for, as libtpu names it: <version>:<chips per "
+                        "axis>, e.g. v5e:4x4 (16 chips), v5p:2x2x1 (4 chips, v5p-8), v6e:2x4 (8 chips).")
+    flags.DEFINE_integer("seq_len", 0, "Padded sequence length of every row; 0 = the config's largest length "
+                         "bucket.")
+    flags.DEFINE_integer("image_patches", 2048, "Image patch rows (14x14 pixels each) per sequence, as one image; "
+                         "2048 is a ~400K-pixel image (512 image tokens). 0 = a text-only step.")
     flags.mark_flags_as_required(["config", "topology"])
     app.run(main)

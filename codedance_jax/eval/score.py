@@ -17,13 +17,6 @@ from codedance_jax.eval.items import DataError
 from codedance_jax.logging_setup import quiet_library_logs
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("benchmark", None, "Benchmark, NAME[:key=value]...")
-flags.DEFINE_string("data", None, "The benchmark's data path (nothing for synthetic).")
-flags.DEFINE_string("predictions", None, "JSONL of {\"id\", \"response\"} lines.")
-flags.DEFINE_string("out", None, "Write the summary JSON here (it is printed either way).")
-flags.DEFINE_string("judge_url", None, "OpenAI-compatible judge server for free-form answers the rules call wrong.")
-flags.DEFINE_string("judge_model", "judge", "Judge model name.")
-flags.mark_flags_as_required(["benchmark", "predictions"])
 
 
 def main(argv):
@@ -47,4 +40,12 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Defined here, not on import: eval.main, imported with this module, has its own --benchmark.
+    flags.DEFINE_string("benchmark", None, "Benchmark, NAME[:key=value]...")
+    flags.DEFINE_string("data", None, "The benchmark's data path (nothing for synthetic).")
+    flags.DEFINE_string("predictions", None, "JSONL of {\"id\", \"response\"} lines.")
+    flags.DEFINE_string("out", None, "Write the summary JSON here (it is printed either way).")
+    flags.DEFINE_string("judge_url", None, "OpenAI-compatible judge server for free-form answers the rules call wrong.")
+    flags.DEFINE_string("judge_model", "judge", "Judge model name.")
+    flags.mark_flags_as_required(["benchmark", "predictions"])
     app.run(main)

@@ -66,14 +66,12 @@ def build(texts: list[str], vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizer
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "Where to write tokenizer.json and tokenizer_config.json.")
-
-
 def main(argv):
     del argv
-    build(corpus()).save_pretrained(_OUT_DIR.value)
+    build(corpus()).save_pretrained(flags.FLAGS.out_dir)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["out_dir"])
+    # Defined here, not on import: other binaries (eval.main) define their own --out_dir.
+    flags.DEFINE_string("out_dir", None, "Where to write tokenizer.json and tokenizer_config.json.", required=True)
     app.run(main)
