@@ -11,7 +11,7 @@ from codedance_jax.data.records import Record
 from codedance_jax.processing.batching import collate
 from codedance_jax.processing.chat import render_chat
 from codedance_jax.processing.image import ImageProcessingConfig
-from codedance_jax.processing.tokenizer import load_tokenizer
+from codedance_jax.processing.tokenizer import load_tokenizer, pad_token_id
 from configs.sft import DEMO_TOKENIZER, get_config
 from models.qwen2_5_vl import get_preset
 from train import inputs as inputs_lib
@@ -43,8 +43,9 @@ def stacked():
     """Two micro-batches of 8 records (gradient accumulation over a global batch of 16)."""
     tokenizer = load_tokenizer(DEMO_TOKENIZER)
     rendered = [render_chat(r.messages, tokenizer, r.images, image_config=IMAGES) for r in map(short_record, range(16))]
-    micro = [inputs_lib.model_inputs(MODEL, collate(rendered[i:i + 8], length_buckets=(128,), image_config=IMAGES))
-             for i in (0, 8)]
+    pad = pad_token_id(tokenizer)
+    micro = [inputs_lib.model_inputs(MODEL, collate(rendered[i:i + 8], length_buckets=(128,), image_config=IMAGES,
+                                                    pad_id=pad)) for i in (0, 8)]
     return inputs_lib.stack_micro_batches(micro)
 
 
