@@ -21,10 +21,11 @@ import time
 
 from absl import app, flags
 
+from codedance_jax.data.trajectories import EASY, HARD
 from train.monitoring import plot_curves
 
 
-DIFFICULTIES = ("easy", "hard")
+DIFFICULTIES = (EASY, HARD)
 CURVES = ("reward", "tool_call_rate_easy", "tool_call_rate_hard", "accuracy_easy", "accuracy_hard")
 LOG_TAIL_CHARS = 3000
 
