@@ -178,7 +178,8 @@ class Engine:
         mc = model.config
         self.vision_ids = frozenset({mc.image_token_id, mc.video_token_id, mc.vision_start_token_id,
                                      mc.vision_end_token_id})
-        self._vision_ids = {"image_token_id": mc.image_token_id, "video_token_id": mc.video_token_id}
+        # continuation_positions needs the model's own image/video ids (they differ between vocabularies)
+        self._rope_token_ids = {"image_token_id": mc.image_token_id, "video_token_id": mc.video_token_id}
         self.stops = StopDetector(tokenizer, mc.text.vocab_size, sorted(self.vision_ids))
         self.im_end_id = tokenizer.convert_tokens_to_ids(IM_END)
         self._closers = {True: self._encode("\n"), False: self._encode(IM_END + "\n")}
@@ -404,7 +405,7 @@ class Engine:
         self._triggers[index] = self.stops.trigger_mask(stops)
         self._triggers_changed = True
         slots[index] = slot
-        positions, _ = continuation_positions(ids, grids, start=0, **self._vision_ids)
+        positions, _ = continuation_positions(ids, grids, start=0, **self._rope_token_ids)
         return slot, 0, self._continue_with(slot, ids, positions, pixels, grids)
 
     def _script_tokens(self, turns) -> list[list[int]]:
@@ -463,7 +464,7 @@ class Engine:
         trajectory.add(new_ids, False)
         trajectory.add_images(rendered.images, grids)
         segment_ids = [slot.pending] + new_ids
-        positions, _ = continuation_positions(segment_ids, grids, start=slot.pending_position, **self._vision_ids)
+        positions, _ = continuation_positions(segment_ids, grids, start=slot.pending_position, **self._rope_token_ids)
         start = slot.cache_length
         return slot, start, self._continue_with(slot, segment_ids, positions, pixels, grids)
 
