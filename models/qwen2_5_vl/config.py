@@ -88,6 +88,8 @@ class ModelConfig:
     video_token_id: int = 151656
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
+    bos_token_id: int = 151643  # <|endoftext|>; written to config.json, where transformers checks it is in the vocabulary
+    eos_token_id: int = 151645  # <|im_end|>
     dtype: str = "float32"  # compute dtype; parameters keep their own dtype
     attention_impl: str = "auto"  # one of ATTENTION_IMPLS; a runtime choice, not saved in config.json
 
@@ -171,6 +173,8 @@ class ModelConfig:
             video_token_id=cfg.get("video_token_id", 151656),
             vision_start_token_id=cfg.get("vision_start_token_id", 151652),
             vision_end_token_id=cfg.get("vision_end_token_id", 151653),
+            bos_token_id=_first_id(text.get("bos_token_id", cfg.get("bos_token_id")), 151643),
+            eos_token_id=_first_id(text.get("eos_token_id", cfg.get("eos_token_id")), 151645),
         )
 
     @classmethod
@@ -193,6 +197,8 @@ class ModelConfig:
             "video_token_id": self.video_token_id,
             "vision_start_token_id": self.vision_start_token_id,
             "vision_end_token_id": self.vision_end_token_id,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
             "text_config": {
                 "model_type": "qwen2_5_vl_text",
                 "vocab_size": t.vocab_size,
@@ -207,6 +213,8 @@ class ModelConfig:
                 "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta,
                                     "mrope_section": list(t.mrope_section)},
                 "tie_word_embeddings": self.tie_word_embeddings,
+                "bos_token_id": self.bos_token_id,
+                "eos_token_id": self.eos_token_id,
             },
             "vision_config": {
                 "model_type": "qwen2_5_vl_vision",
@@ -224,6 +232,13 @@ class ModelConfig:
                 "hidden_act": v.hidden_act,
             },
         }
+
+
+def _first_id(value: int | list[int] | None, default: int) -> int:
+    """A config's token id; transformers allows a list of eos ids, of which generation stops on any."""
+    if isinstance(value, list):
+        return value[0] if value else default
+    return default if value is None else value
 
 
 def _vision_for(out_hidden_size: int) -> VisionConfig:
@@ -253,7 +268,7 @@ PRESETS: dict[str, ModelConfig] = {
         text=TextConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_layers=2,
                         num_heads=4, num_kv_heads=2, mrope_section=(4, 6, 6)),
         tie_word_embeddings=True, image_token_id=12, video_token_id=13, vision_start_token_id=9,
-        vision_end_token_id=10,
+        vision_end_token_id=10, bos_token_id=0, eos_token_id=2,
     ),
     "3b": ModelConfig(
         vision=_vision_for(2048),

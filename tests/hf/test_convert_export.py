@@ -18,6 +18,7 @@ from codedance_jax.hf.export import export
 from codedance_jax.hf.keymap import canonical_hf_name, hf_index
 from hf_reference import random_hf_model, tiny_hf_config
 from models.qwen2_5_vl import ModelConfig, Qwen2_5_VL, get_preset
+from models.qwen2_5_vl.config import PRESETS
 
 
 def read_safetensors(directory):
@@ -162,6 +163,19 @@ def test_binary_is_quiet_unless_asked_and_names_a_truncated_shard(tmp_path, hf_d
     shard.write_bytes(shard.read_bytes()[:-100])
     failed = run_convert(f"--hf_dir={hf_dir}", f"--out_dir={tmp_path / 'c'}")
     assert failed.returncode != 0 and f"{shard}: not a readable safetensors file" in failed.stderr
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_written_config_keeps_every_token_id_in_the_vocabulary(preset):
+    """transformers warns at load time about a special token id outside the vocabulary; the demo's
+    1024-id vocabulary must not inherit Qwen's 151643 as bos/eos when its config is written."""
+    ours = get_preset(preset)
+    hf_config = Qwen2_5_VLConfig(**ours.to_hf_dict())
+    text = hf_config.get_text_config(decoder=True)
+    token_ids = {name: getattr(config, name) for config in (hf_config, text) for name in config.to_dict()
+                 if name.endswith("_token_id") and getattr(config, name) is not None}
+    assert token_ids and all(0 <= value < text.vocab_size for value in token_ids.values()), token_ids
+    assert ModelConfig.from_hf_dict(hf_config.to_dict()) == ours
 
 
 @pytest.mark.parametrize("preset", ["3b", "7b", "32b"])
