@@ -14,6 +14,8 @@ from configs.sft import DEMO_TOKENIZER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ABSL_LINE = re.compile(r"^([IWE])\d{4} .* (\S+\.py):\d+\] (.*)$", re.M)  # absl's record format
+# transformers' own handler; whether its records also reach absl's handler differs between machines.
+TRANSFORMERS_LINE = re.compile(r"^\[transformers\] .*$", re.M)
 
 
 def run(module, *args, devices):
@@ -42,4 +44,5 @@ def test_sft_export_answers_with_no_tokenizer_flag_and_no_library_logs(tmp_path)
     answer = run("rollout.answer", f"--ckpt_dir={export}", f"--image={image}", "--question=What is shown?",
                  "--max_context=512", "--prefill_chunk=64", "--decode_steps=8", "--max_turn_tokens=4", devices=1)
     assert ABSL_LINE.findall(answer.stderr) == [], answer.stderr[-3000:]
+    assert TRANSFORMERS_LINE.findall(sft.stderr + answer.stderr) == []
     assert "finish reason: turn_token_limit" in answer.stdout
