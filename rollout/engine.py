@@ -162,7 +162,10 @@ class Engine:
 
     _instances = itertools.count()
 
-    def __init__(self, model, tokenizer: PreTrainedTokenizerBase, pool=None, config: EngineConfig = EngineConfig()):
+    def __init__(self, model, tokenizer: PreTrainedTokenizerBase, pool=None, config: EngineConfig = EngineConfig(),
+                 mesh: jax.sharding.Mesh | None = None):
+        """mesh: shard the KV cache and the steps over it (slots over the data-parallel axes, KV
+        heads over "tensor"); the parameters passed to `generate` must live on its devices."""
         self.model_config = model.config
         # An abstract model (ShapeDtypeStructs, e.g. for GRPO, which passes the train state's
         # parameters to each generate call) holds no weights; host arrays would be copied in on
@@ -174,7 +177,8 @@ class Engine:
         self.pool = pool
         self.config = config
         self.cache = SlotCache(model.config, config.num_slots, config.max_context, config.prefill_chunk,
-                               config.decode_steps, jnp.dtype(config.cache_dtype) if config.cache_dtype else None)
+                               config.decode_steps, jnp.dtype(config.cache_dtype) if config.cache_dtype else None,
+                               mesh=mesh)
         mc = model.config
         self.vision_ids = frozenset({mc.image_token_id, mc.video_token_id, mc.vision_start_token_id,
                                      mc.vision_end_token_id})
@@ -184,7 +188,8 @@ class Engine:
         self.im_end_id = tokenizer.convert_tokens_to_ids(IM_END)
         self._closers = {True: self._encode("\n"), False: self._encode(IM_END + "\n")}
         self._triggers = np.zeros((config.num_slots, mc.text.vocab_size), bool)
-        self._triggers_device = jax.device_put(self._triggers)
+        self._triggers_sharding = self.cache.sharding.rows if self.cache.sharding else None
+        self._triggers_device = jax.device_put(self._triggers, self._triggers_sharding)
         self._triggers_changed = False
         self._name = f"rollout{next(self._instances)}"
         self._sessions = itertools.count()
@@ -235,7 +240,7 @@ class Engine:
                 for slot, start, segment in prepared:
                     self.cache.append(params, slot.index, start, segment)
                 if self._triggers_changed:
-                    self._triggers_device = jax.device_put(self._triggers)
+                    self._triggers_device = jax.device_put(self._triggers, self._triggers_sharding)
                     self._triggers_changed = False
                 if outputs is None and not prepared:
                     waiting = [s.future for s in slots if s is not None and s.future is not None]

@@ -17,16 +17,28 @@ finished turn's last token costs no forward pass.
 
 The cache holds `capacity + chunk` positions: a chunk write starting at any length <= capacity
 stays in bounds, because `dynamic_update_slice` would otherwise clamp it onto real entries.
+
+On a mesh (`SlotCache(..., mesh=mesh)`) the cache is sharded: slots over the data-parallel axes
+("data", "fsdp"), KV heads over "tensor" (see `SamplerSharding`), and both steps are jitted
+with those explicit in/out shardings and traced under `jax.set_mesh`, so the TPU attention
+kernels run per shard. The parameters keep whatever sharding they arrive with
+(rollout/weights.py puts them in a sampling layout). An append then writes its segment through
+every slot's row with only the target's row real: slicing one slot out of an axis split over
+devices would gather the whole cache.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from codedance_jax.mesh import BATCH_AXES
 from models.qwen2_5_vl import model as model_lib
 from models.qwen2_5_vl import text
 from models.qwen2_5_vl.config import ModelConfig
@@ -80,9 +92,44 @@ class DecodeOutputs:
         return DecodeOutputs(*(np.asarray(x) for x in (self.tokens, self.log_probs, self.counts, self.keys)))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "steps", "window"), donate_argnames=("cache",))
-def decode_steps(cfg: ModelConfig, params: dict, cache: text.KVCache, triggers: jax.Array, inputs: dict, *,
-                 steps: int, window: int | None = None) -> tuple[text.KVCache, dict]:
+@dataclasses.dataclass(frozen=True)
+class SamplerSharding:
+    """Where the sampler's arrays live on `mesh`: slots over the data-parallel axes, KV heads over
+    "tensor"; per-slot inputs and outputs follow their slots, segments are replicated."""
+    mesh: Mesh
+
+    @classmethod
+    def checked(cls, mesh: Mesh, cfg: ModelConfig, num_slots: int) -> "SamplerSharding":
+        """Refuses a mesh that does not divide the slots or the KV heads (before any allocation)."""
+        batch = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+        if num_slots % batch:
+            raise ValueError(f"rollout: {num_slots} slots do not divide over the mesh's data-parallel axes "
+                             f"{BATCH_AXES} ({batch} devices); use a multiple of {batch} slots")
+        if cfg.text.num_kv_heads % mesh.shape["tensor"]:
+            raise ValueError(f"rollout: {cfg.text.num_kv_heads} KV heads do not divide over the mesh axis 'tensor' "
+                             f"({mesh.shape['tensor']} devices)")
+        return cls(mesh)
+
+    def _spec(self, *spec) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec(*spec))
+
+    @property
+    def rows(self) -> NamedSharding:
+        """Arrays with a leading slot axis (per-slot inputs, outputs, triggers, cache lengths)."""
+        return self._spec(BATCH_AXES)
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return self._spec()
+
+    @property
+    def cache(self) -> text.KVCache:
+        kv = self._spec("tensor", None, BATCH_AXES, None, None)  # [kv_heads, layers, slots, len, head_dim]
+        return text.KVCache(k=kv, v=kv, lengths=self.rows)
+
+
+def _decode_steps(cfg: ModelConfig, params: dict, cache: text.KVCache, triggers: jax.Array, inputs: dict, *,
+                  steps: int, window: int | None = None) -> tuple[text.KVCache, dict]:
     """Decodes up to `steps` tokens per slot; triggers [B, V] marks tokens that stop a slot.
     window: cache positions attended to (must hold every running slot's length + steps)."""
     batch = inputs["tokens"].shape[0]
@@ -121,14 +168,16 @@ def decode_steps(cfg: ModelConfig, params: dict, cache: text.KVCache, triggers: 
     return carry[2], {"tokens": carry[7], "log_probs": carry[8], "counts": carry[9], "keys": carry[6]}
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "chunk"), donate_argnames=("cache",))
-def append_segment(cfg: ModelConfig, params: dict, cache: text.KVCache, slot: jax.Array, start: jax.Array,
-                   segment: dict, *, chunk: int) -> text.KVCache:
+def _append_segment(cfg: ModelConfig, params: dict, cache: text.KVCache, slot: jax.Array, start: jax.Array,
+                    segment: dict, *, chunk: int, all_rows: bool = False) -> text.KVCache:
     """Writes `segment["num_tokens"]` tokens into `slot` from cache position `start` (which also
-    resets or rewinds the slot); the padded tail of the segment is never written past a chunk."""
+    resets or rewinds the slot); the padded tail of the segment is never written past a chunk.
+    all_rows: run the chunks through every slot's row, only `slot`'s real (a sharded cache)."""
     embeds = model_lib.embed_inputs(cfg, params, segment)  # [1, L, D], image features merged
     positions = segment["positions"]                      # [3, 1, L]
     num_tokens = segment["num_tokens"]
+    if all_rows:
+        return _append_through_all_rows(cfg, params, cache, slot, start, embeds, positions, num_tokens, chunk)
     # The slot's cache alone (axis 2 of [kv_heads, layers, slots, max_len, head_dim]).
     one = text.KVCache(k=jax.lax.dynamic_slice_in_dim(cache.k, slot, 1, axis=2),
                        v=jax.lax.dynamic_slice_in_dim(cache.v, slot, 1, axis=2), lengths=start[None])
@@ -148,6 +197,63 @@ def append_segment(cfg: ModelConfig, params: dict, cache: text.KVCache, slot: ja
                         lengths=cache.lengths.at[slot].set(one.lengths[0]))
 
 
+def _append_through_all_rows(cfg: ModelConfig, params: dict, cache: text.KVCache, slot, start, embeds, positions,
+                             num_tokens, chunk: int) -> text.KVCache:
+    """The sharded form of an append: each chunk goes through every slot's row (row `slot` real,
+    the others with no real tokens, so they are left as they were). Costs slots-per-device times
+    the compute of one row, and no cross-device traffic."""
+    batch = cache.lengths.shape[0]
+    target = jnp.arange(batch) == slot
+    cache = dataclasses.replace(cache, lengths=jnp.where(target, start, cache.lengths))
+
+    def write_chunk(index, cache):
+        begin = index * chunk
+        chunk_embeds = jnp.broadcast_to(jax.lax.dynamic_slice_in_dim(embeds, begin, chunk, axis=1),
+                                        (batch, chunk, embeds.shape[2]))
+        chunk_positions = jnp.broadcast_to(jax.lax.dynamic_slice_in_dim(positions, begin, chunk, axis=2),
+                                           (3, batch, chunk))
+        real = jnp.where(target, jnp.clip(num_tokens - begin, 0, chunk), 0)
+        _, cache = text.forward_with_cache(cfg.text, params["text"], chunk_embeds, chunk_positions, real, cache,
+                                           cfg.compute_dtype, attention_impl=cfg.attention_impl)
+        return cache
+
+    return jax.lax.fori_loop(0, (num_tokens + chunk - 1) // chunk, write_chunk, cache)
+
+
+# The jitted steps, one per static configuration; kept so tests can count their compilations.
+_JITTED: dict[tuple, Callable] = {}
+
+
+def jitted_decode(cfg: ModelConfig, steps: int, window: int | None, sharding: SamplerSharding | None):
+    """decode(params, cache, triggers, inputs) -> (cache, outputs); the cache is donated. With a
+    sharding, its in/out shardings are explicit (the parameters keep their own)."""
+    key = ("decode", cfg, steps, window, sharding)
+    if key not in _JITTED:
+        fn = functools.partial(_decode_steps, cfg, steps=steps, window=window)
+        rows = sharding.rows if sharding else None
+        _JITTED[key] = (jax.jit(fn, donate_argnums=1) if sharding is None else
+                        jax.jit(fn, in_shardings=(None, sharding.cache, rows, rows),
+                                out_shardings=(sharding.cache, rows), donate_argnums=1))
+    return _JITTED[key]
+
+
+def jitted_append(cfg: ModelConfig, chunk: int, sharding: SamplerSharding | None):
+    """append(params, cache, slot, start, segment) -> cache; the cache is donated."""
+    key = ("append", cfg, chunk, sharding)
+    if key not in _JITTED:
+        fn = functools.partial(_append_segment, cfg, chunk=chunk, all_rows=sharding is not None)
+        whole = sharding.replicated if sharding else None
+        _JITTED[key] = (jax.jit(fn, donate_argnums=1) if sharding is None else
+                        jax.jit(fn, in_shardings=(None, sharding.cache, whole, whole, whole),
+                                out_shardings=sharding.cache, donate_argnums=1))
+    return _JITTED[key]
+
+
+def compilations() -> int:
+    """Executables the sampler's steps have compiled so far (a warmed-up workload adds none)."""
+    return sum(fn._cache_size() for fn in _JITTED.values())
+
+
 def segment_bucket(num_tokens: int, chunk: int) -> int:
     """Padded segment length: chunk * 2**i, the smallest that holds num_tokens."""
     chunks = max(1, -(-num_tokens // chunk))
@@ -155,25 +261,34 @@ def segment_bucket(num_tokens: int, chunk: int) -> int:
 
 
 class SlotCache:
-    """A KV cache of `num_slots` slots, each holding up to `capacity` tokens."""
+    """A KV cache of `num_slots` slots, each holding up to `capacity` tokens; sharded over `mesh`
+    when given (see `SamplerSharding`)."""
 
-    def __init__(self, cfg: ModelConfig, num_slots: int, capacity: int, chunk: int, steps: int, dtype=None):
+    def __init__(self, cfg: ModelConfig, num_slots: int, capacity: int, chunk: int, steps: int, dtype=None,
+                 mesh: Mesh | None = None):
         if min(num_slots, capacity, chunk, steps) < 1:
             raise ValueError("num_slots, capacity, chunk and steps must be positive")
         self.cfg, self.num_slots, self.capacity, self.chunk, self.steps = cfg, num_slots, capacity, chunk, steps
+        self.sharding = None if mesh is None else SamplerSharding.checked(mesh, cfg, num_slots)
         dtype = cfg.compute_dtype if dtype is None else dtype
-        self.cache = text.KVCache.zeros(cfg.text, num_slots, capacity + chunk, dtype)
-        self._placed = False
+        make = functools.partial(text.KVCache.zeros, cfg.text, num_slots, capacity + chunk, dtype)
+        # On a mesh each device allocates only its own shard.
+        self.cache = make() if self.sharding is None else jax.jit(make, out_shardings=self.sharding.cache)()
+        self._placed = self.sharding is not None
 
     def _place_with(self, params: dict) -> None:
-        """Commits the fresh cache to the parameters' device: every later call gets the previous
-        call's (committed) output, and a jit compiles again when only committedness differs."""
+        """Commits an unsharded fresh cache to the parameters' device: every later call gets the
+        previous call's (committed) output, and a jit compiles again when only committedness differs."""
         if not self._placed:
             self._placed = True
             sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
             devices = sharding.device_set if sharding is not None else ()
             if len(devices) == 1:
                 self.cache = jax.device_put(self.cache, next(iter(devices)))
+
+    def _on_mesh(self):
+        """Traces under the cache's mesh, so the attention kernels shard themselves over it."""
+        return jax.set_mesh(self.sharding.mesh) if self.sharding is not None else contextlib.nullcontext()
 
     @property
     def nbytes(self) -> int:
@@ -194,16 +309,18 @@ class SlotCache:
         if segment.pixel_values is not None and len(segment.pixel_values):
             pixels, layout, _ = model_lib.vision_inputs(self.cfg, segment.pixel_values, segment.image_grid_thw)
             inputs.update(pixel_values=pixels, vision_layout=layout)
-        self.cache = append_segment(self.cfg, params, self.cache, np.int32(slot), np.int32(start), inputs,
-                                    chunk=self.chunk)
+        append = jitted_append(self.cfg, self.chunk, self.sharding)
+        with self._on_mesh():
+            self.cache = append(params, self.cache, np.int32(slot), np.int32(start), inputs)
 
     def decode(self, params: dict, triggers: jax.Array, inputs: DecodeInputs, filled: int | None = None
                ) -> DecodeOutputs:
         """Dispatches one decode call; the outputs are device arrays (call `to_host`).
         filled: the longest cache length among the decoding slots (default: assume a full cache)."""
         self._place_with(params)
-        self.cache, out = decode_steps(self.cfg, params, self.cache, triggers, dataclasses.asdict(inputs),
-                                       steps=self.steps, window=self.window_for(filled))
+        decode = jitted_decode(self.cfg, self.steps, self.window_for(filled), self.sharding)
+        with self._on_mesh():
+            self.cache, out = decode(params, self.cache, triggers, dataclasses.asdict(inputs))
         return DecodeOutputs(**out)
 
     def window_for(self, filled: int | None) -> int:

@@ -147,7 +147,7 @@ def test_no_recompiles_after_warm_up_and_samples_do_not_depend_on_the_batch(make
         return Request.from_question(question, image, forced_turns=[code, "<answer>1</answer><|im_end|>"])
 
     warm = engine.generate([scripted(smooth_image(168, 224), "What is this?", (0, 0, 100, 80), "'x'"), sampled])
-    compilations = (sampler.decode_steps._cache_size(), sampler.append_segment._cache_size())
+    compilations = sampler.compilations()
     varied = engine.generate([
         sampled,
         scripted(smooth_image(196, 196, seed=1), "Which colour covers most of the picture?", (10, 10, 70, 100),
@@ -155,7 +155,7 @@ def test_no_recompiles_after_warm_up_and_samples_do_not_depend_on_the_batch(make
         Request.from_question("Tell me a story about a dog.", seed=12),
         scripted(smooth_image(168, 196, seed=2), "Is it dark?", (0, 0, 90, 90), "sum(range(10))"),
     ])
-    assert (sampler.decode_steps._cache_size(), sampler.append_segment._cache_size()) == compilations
+    assert sampler.compilations() == compilations
     assert [t.finish_reason for t in varied] == [traj_lib.FINISH_TURN_TOKENS, traj_lib.FINISH_STOP,
                                                  traj_lib.FINISH_TURN_TOKENS, traj_lib.FINISH_STOP]
     assert varied[0].tokens == warm[1].tokens
