@@ -20,7 +20,7 @@ from train.state import TrainState
 _TOKEN_INPUTS = ("input_ids", "attention_mask", "positions")
 
 
-def rebase_layout(micro: dict, num_blocks: int) -> dict:
+def rebase_layout(micro: dict, num_blocks: int, image_token_id: int) -> dict:
     """The vision layout of a global batch made of `num_blocks` process-local blocks: each
     block's indices refer to its own pixel rows, slots and windows, so offset them by the
     block's start."""
@@ -36,8 +36,22 @@ def rebase_layout(micro: dict, num_blocks: int) -> dict:
         "patch_index": jnp.where(index >= 0, index + slot_block * rows_per_block, -1),
         "rope_hw": micro["rope_hw"],
         "frame_windows": jnp.where(windows >= 0, windows + window_block * windows_per_block, -1),
-        "merged_order": order + merged_block * merged_per_block,
+        "merged_order": _contiguous_merged_order(order + merged_block * merged_per_block, micro["input_ids"],
+                                                 image_token_id, num_blocks),
     }
+
+
+def _contiguous_merged_order(order: jax.Array, input_ids: jax.Array, image_token_id: int, num_blocks: int):
+    """Each block's merged order lists its real merged tokens, then padding; the model hands
+    features to the image pads in row-major order over the whole batch, so block b's real
+    entries must follow block b-1's real ones, not its padding."""
+    per_block = order.shape[0] // num_blocks
+    counts = (input_ids == image_token_id).reshape(num_blocks, -1).sum(axis=1)  # image pads per block
+    ends = jnp.cumsum(counts)
+    index = jnp.arange(order.shape[0])
+    block = jnp.minimum(jnp.searchsorted(ends, index, side="right"), num_blocks - 1)
+    local = jnp.minimum(index - (ends - counts)[block], per_block - 1)  # past the last real entry: unused
+    return order[block * per_block + local]
 
 
 def micro_hidden(model_cfg: ModelConfig, params: dict, micro: dict, *, remat: bool, num_blocks: int) -> jax.Array:
@@ -45,7 +59,7 @@ def micro_hidden(model_cfg: ModelConfig, params: dict, micro: dict, *, remat: bo
     inputs = {k: micro[k] for k in _TOKEN_INPUTS}
     if "pixel_values" in micro:
         inputs["pixel_values"] = micro["pixel_values"]
-        inputs["vision_layout"] = rebase_layout(micro, num_blocks)
+        inputs["vision_layout"] = rebase_layout(micro, num_blocks, model_cfg.image_token_id)
     return model_lib.forward_hidden(model_cfg, params, inputs, remat=remat)
 
 

@@ -158,6 +158,23 @@ def test_trainer_log_probs_equal_the_samplers(rollout):
                                atol=2e-4)
 
 
+def test_process_blocks_with_different_image_counts_score_like_one_batch(rollout):
+    """A multi-host batch is one block per process, each with its own vision layout (padded
+    merged tokens at its end): every block's image pads must still get their own features."""
+    state, trajectories, batch = rollout
+    advantages = [token_advantages(t, r) for t, r in zip(trajectories, batch.trajectories)]
+    blocks = [update_batches(MODEL, trajectories[i: i + 4], advantages[i: i + 4], num_minibatches=1, micro_batches=1,
+                             length_buckets=(256,), patch_buckets=(512,), image_config=IMAGES, seed=0, pad_id=PAD)[0]
+              for i in (0, 4)]
+    assert blocks[0]["merged_order"].shape == blocks[1]["merged_order"].shape
+    micro = {k: np.concatenate([b[k][0] for b in blocks], axis=1 if k == "positions" else 0) for k in blocks[0]}
+    log_probs, _ = jax.jit(lambda p, m: policy_log_probs(p, m, model_cfg=MODEL, temperature=1.0, remat=False,
+                                                         num_blocks=2, loss_chunk=256))(state.params, micro)
+    mask = micro["loss_mask"][:, 1:] > 0
+    np.testing.assert_allclose(np.asarray(log_probs)[:, :-1][mask], micro["sampler_log_probs"][:, 1:][mask],
+                               atol=2e-4)
+
+
 def _update(mesh_shape, config, stacked_batches, ref):
     mesh, tx, shardings, state = setup_state(mesh_shape, config)
     loss_cfg = PolicyLossConfig(**config.loss.to_dict())
