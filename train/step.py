@@ -177,12 +177,34 @@ def grpo_train_step(state: TrainState, batch: dict, ref_params: dict | None, *, 
                        "learning_rate": schedule(state.step)}
 
 
+class MeshJit:
+    """A jitted step traced, lowered and called under `jax.set_mesh(mesh)`: the model reads the
+    mesh there to place its activations (sharding constraints) and to run the Pallas attention
+    kernels per shard; traced without it, a multi-chip step would keep the XLA attention."""
+
+    def __init__(self, jitted, shardings):
+        self._jitted = jitted
+        self.mesh = jax.tree.leaves(shardings)[0].mesh
+
+    def __call__(self, *args):
+        with jax.set_mesh(self.mesh):
+            return self._jitted(*args)
+
+    def lower(self, *args):
+        with jax.set_mesh(self.mesh):
+            return self._jitted.lower(*args)
+
+    def _cache_size(self) -> int:  # compilations so far (tests check that steps do not recompile)
+        return self._jitted._cache_size()
+
+
 def jit_train_step(model_cfg: ModelConfig, tx, schedule, shardings: TrainState, *, remat: bool,
                    num_blocks: int, loss_chunk: int = 2048):
     """The SFT step jitted with the state's shardings; the state is donated."""
     step = functools.partial(train_step, model_cfg=model_cfg, tx=tx, schedule=schedule, remat=remat,
                              num_blocks=num_blocks, loss_chunk=loss_chunk)
-    return jax.jit(step, in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=0)
+    return MeshJit(jax.jit(step, in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=0),
+                   shardings)
 
 
 def jit_grpo_step(model_cfg: ModelConfig, loss_cfg: PolicyLossConfig, tx, schedule, shardings: TrainState, *,
@@ -192,8 +214,8 @@ def jit_grpo_step(model_cfg: ModelConfig, loss_cfg: PolicyLossConfig, tx, schedu
     step = functools.partial(grpo_train_step, model_cfg=model_cfg, loss_cfg=loss_cfg, tx=tx, schedule=schedule,
                              remat=remat, num_blocks=num_blocks, loss_chunk=loss_chunk)
     reference = shardings.params if loss_cfg.kl_coef else None
-    return jax.jit(step, in_shardings=(shardings, None, reference),
-                   out_shardings=(shardings, None), donate_argnums=0)
+    return MeshJit(jax.jit(step, in_shardings=(shardings, None, reference), out_shardings=(shardings, None),
+                           donate_argnums=0), shardings)
 
 
 def jit_old_log_probs(model_cfg: ModelConfig, shardings: TrainState, *, temperature: float, num_blocks: int,
@@ -208,4 +230,4 @@ def jit_old_log_probs(model_cfg: ModelConfig, shardings: TrainState, *, temperat
             return jnp.concatenate([jnp.zeros_like(log_probs[:, :1]), log_probs[:, :-1]], axis=1)
         return jax.lax.map(one, batch)
 
-    return jax.jit(old_log_probs, in_shardings=(shardings.params, None))
+    return MeshJit(jax.jit(old_log_probs, in_shardings=(shardings.params, None)), shardings)

@@ -94,20 +94,21 @@ def prepare_inputs(cfg: ModelConfig, input_ids, pixel_values=None, image_grid_th
         pixel_values=pixels, vision_layout=layout)
 
 
-def embed_inputs(cfg: ModelConfig, params: dict, inputs: dict) -> jax.Array:
-    """Token embeddings with image features written over the image pads."""
+def embed_inputs(cfg: ModelConfig, params: dict, inputs: dict, remat: bool = False) -> jax.Array:
+    """Token embeddings with image features written over the image pads (remat: recompute the
+    vision blocks in the backward pass)."""
     dtype = cfg.compute_dtype
     embeds = text.embed_tokens(params["text"], inputs["input_ids"], dtype)
     if "pixel_values" in inputs:
         features = vision.encode_images(cfg.vision, params["vision"], inputs["pixel_values"],
-                                        inputs["vision_layout"], dtype)
+                                        inputs["vision_layout"], dtype, remat)
         embeds = text.merge_image_features(embeds, inputs["input_ids"], cfg.image_token_id, features)
     return embeds
 
 
 def forward_hidden(cfg: ModelConfig, params: dict, inputs: dict, remat: bool = False) -> jax.Array:
     """Final hidden states [B, L, D] for padded inputs (see ModelInputs.as_jax_tree)."""
-    embeds = embed_inputs(cfg, params, inputs)
+    embeds = embed_inputs(cfg, params, inputs, remat)
     return text.forward_hidden(cfg.text, params["text"], embeds, inputs["positions"], inputs["attention_mask"],
                                cfg.compute_dtype, remat=remat, attention_impl=cfg.attention_impl)
 

@@ -1,8 +1,13 @@
 """Vision tower: patch embed, 2-D RoPE, window/full attention blocks (stacked, scanned), merger.
 
-Runs on the static slot layout of `vision_layout.VisionLayout` (see there for why).
+Runs on the static slot layout of `vision_layout.VisionLayout` (see there for why). Under a
+mesh (`jax.set_mesh`) the slots, windows and their activations are split over the data-parallel
+axes and the heads / MLP width over "tensor" (logical constraints, no-ops without a mesh):
+otherwise the gather of patch rows leaves every chip holding the whole micro-batch's tower.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +17,12 @@ from flax import nnx
 from models.qwen2_5_vl.config import VisionConfig
 from models.qwen2_5_vl.layers import activation, apply_rope, attention, param, rms_norm
 from models.qwen2_5_vl.rope import vision_tables
+from models.qwen2_5_vl.sharding import constrain
+
+# Logical layouts of the tower's activations (slots and windows are rows of the micro-batch).
+_ROWS = ("batch", None)                            # [S, D], [S, patch_dim], rope tables [S, H]
+_HEADS = ("batch", "vision_heads", None)           # [S, N, H]
+_WINDOW_HEADS = ("batch", None, "vision_heads", None)  # [W, keys, N, H]
 
 
 class VisionTower(nnx.Module):
@@ -49,10 +60,12 @@ class VisionTower(nnx.Module):
 def _block(cfg: VisionConfig, x, bp, is_full, cos, sin, window_mask, frame_windows, dtype):
     bp = jax.tree.map(lambda a: a.astype(dtype), bp)
     s = x.shape[0]
+    x = constrain(x, _ROWS)
     y = rms_norm(x, bp["norm1"], cfg.norm_eps)
     qkv = jnp.einsum("SD,DKNH->KSNH", y, bp["qkv_kernel"]) + bp["qkv_bias"][:, None]
+    qkv = constrain(qkv, (None, *_HEADS))
     wp = cfg.window_patches
-    per_window = lambda a: a.reshape(s // wp, wp, *a.shape[1:])  # noqa: E731
+    per_window = lambda a: constrain(a.reshape(s // wp, wp, *a.shape[1:]), _WINDOW_HEADS)  # noqa: E731
     q, k = per_window(apply_rope(qkv[0], cos, sin)), per_window(apply_rope(qkv[1], cos, sin))
     v = per_window(qkv[2])
 
@@ -64,48 +77,55 @@ def _block(cfg: VisionConfig, x, bp, is_full, cos, sin, window_mask, frame_windo
         gather = lambda a: jnp.take(a, jnp.maximum(frame_windows, 0), axis=0).reshape(  # noqa: E731
             a.shape[0], -1, *a.shape[2:])
         key_valid = gather(window_mask[:, 0, :]) & jnp.repeat(frame_windows >= 0, wp, axis=1)
-        return attention(q, gather(k), gather(v), key_valid[:, None, :])
+        k, v = (constrain(gather(a), _WINDOW_HEADS) for a in (k, v))
+        return attention(q, k, v, key_valid[:, None, :])
 
-    attn = jax.lax.cond(is_full, full, windowed, q, k, v).reshape(s, *q.shape[2:])
+    attn = constrain(jax.lax.cond(is_full, full, windowed, q, k, v).reshape(s, *q.shape[2:]), _HEADS)
     x = x + jnp.einsum("SNH,NHD->SD", attn, bp["proj_kernel"]) + bp["proj_bias"]
     y = rms_norm(x, bp["norm2"], cfg.norm_eps)
     act = activation(cfg.hidden_act)
     hidden = act(y @ bp["gate_kernel"] + bp["gate_bias"]) * (y @ bp["up_kernel"] + bp["up_bias"])
-    return x + hidden @ bp["down_kernel"] + bp["down_bias"]
+    hidden = constrain(hidden, ("batch", "vision_mlp"))
+    return constrain(x + hidden @ bp["down_kernel"] + bp["down_bias"], _ROWS)
 
 
 def vision_hidden(cfg: VisionConfig, params: dict, pixel_values: jax.Array, layout: dict,
-                  dtype=jnp.float32) -> jax.Array:
+                  dtype=jnp.float32, remat: bool = False) -> jax.Array:
     """Output of the last vision block, one row per slot [S, hidden] (empty slots hold garbage).
 
     pixel_values: [P, patch_dim] rows as the image processor lays them out (P may be padded).
     layout: the arrays of a VisionLayout (patch_index, rope_hw, frame_windows, merged_order).
+    remat: recompute each block in the backward pass (training keeps one [S, hidden] per block).
     """
     patch_index = layout["patch_index"]
     valid = patch_index >= 0
     rows = jnp.take(pixel_values, jnp.maximum(patch_index, 0), axis=0)
-    rows = jnp.where(valid[:, None], rows, 0).astype(dtype)
+    rows = constrain(jnp.where(valid[:, None], rows, 0).astype(dtype), _ROWS)
     x = rows @ params["patch_embed"].astype(dtype)
 
-    cos, sin = vision_tables(layout["rope_hw"], cfg.head_dim, cfg.rope_theta)
+    cos, sin = (constrain(t, _ROWS) for t in vision_tables(layout["rope_hw"], cfg.head_dim, cfg.rope_theta))
     wp = cfg.window_patches
     window_mask = jnp.broadcast_to(valid.reshape(-1, 1, wp), (valid.shape[0] // wp, wp, wp))
+    window_mask = constrain(window_mask, ("batch", None, None))
     is_full = np.isin(np.arange(cfg.depth), cfg.fullatt_block_indexes)
+    block = functools.partial(_block, cfg, dtype=dtype)
+    if remat:
+        block = jax.checkpoint(block, policy=jax.checkpoint_policies.nothing_saveable)
 
     def body(x, xs):
         bp, full_flag = xs
-        return _block(cfg, x, bp, full_flag, cos, sin, window_mask, layout["frame_windows"], dtype), None
+        return block(x, bp, full_flag, cos, sin, window_mask, layout["frame_windows"]), None
 
     x, _ = jax.lax.scan(body, x, (params["blocks"], jnp.asarray(is_full)))
     return x
 
 
 def encode_images(cfg: VisionConfig, params: dict, pixel_values: jax.Array, layout: dict,
-                  dtype=jnp.float32) -> jax.Array:
+                  dtype=jnp.float32, remat: bool = False) -> jax.Array:
     """Merged image features [M, out_hidden] in image order (rows past the real count are padding)."""
-    x = vision_hidden(cfg, params, pixel_values, layout, dtype)
+    x = vision_hidden(cfg, params, pixel_values, layout, dtype, remat)
     mp = jax.tree.map(lambda a: a.astype(dtype), params["merger"])
     y = rms_norm(x, mp["norm"], cfg.norm_eps).reshape(-1, cfg.hidden_size * cfg.merge_unit)
     y = jax.nn.gelu(y @ mp["fc1_kernel"] + mp["fc1_bias"], approximate=False)
-    merged = y @ mp["fc2_kernel"] + mp["fc2_bias"]
+    merged = constrain(y @ mp["fc2_kernel"] + mp["fc2_bias"], _ROWS)
     return jnp.take(merged, layout["merged_order"], axis=0)
