@@ -57,6 +57,9 @@ def base() -> ml_collections.ConfigDict:
     c.rollout.temperature = 1.0
     c.rollout.top_p = 1.0
     c.rollout.top_k = 0
+    # The weights decode reads (rollout/weights.py): "train" (in place), "gathered" (a copy not
+    # split over data/fsdp, made once per step) or "auto". Several processes always gather.
+    c.rollout.param_layout = "auto"
     c.sandbox = ml_collections.ConfigDict()
     c.sandbox.num_workers = 4
     c.sandbox.timeout_s = 15.0

@@ -21,6 +21,7 @@ from codedance_jax.logging_setup import quiet_library_logs
 from codedance_jax.processing.image import ImageProcessingConfig
 from codedance_jax.processing.tokenizer import load_tokenizer
 from models.qwen2_5_vl import Qwen2_5_VL
+from rollout import weights
 from rollout.engine import Engine, EngineConfig
 from rollout.sampling import SamplingParams
 from train.experiment import initialize_distributed, micro_batch_rows, model_config, tokenizer_files
@@ -46,8 +47,13 @@ def check_config(config) -> None:
     if config.batch_size % config.grpo.num_minibatches:
         raise ValueError(f"{config.batch_size} trajectories per step (prompts_per_step x group_size) do not split "
                          f"into grpo.num_minibatches={config.grpo.num_minibatches}")
-    if jax.process_count() > 1:
-        raise ValueError("multi-host GRPO needs per-host rollouts, which are not built yet; run on one host")
+    if config.grpo.prompts_per_step % jax.process_count():
+        raise ValueError(f"grpo.prompts_per_step={config.grpo.prompts_per_step} does not split over "
+                         f"{jax.process_count()} processes (each rolls out whole groups)")
+    local = config.batch_size // jax.process_count()
+    if local % (config.grpo.num_minibatches * config.grad_accum_steps):
+        raise ValueError(f"each process's {local} trajectories do not split into grpo.num_minibatches="
+                         f"{config.grpo.num_minibatches} x grad_accum_steps={config.grad_accum_steps} micro-batches")
 
 
 def load_prompts(source: str, num_synthetic: int, seed: int) -> list[dict]:
@@ -87,6 +93,20 @@ def engine_config(config, image_config: ImageProcessingConfig) -> EngineConfig:
                         max_response_tokens=r.max_response_tokens, max_tool_tokens=r.max_tool_tokens,
                         max_images=r.max_images, image_config=image_config,
                         sampling=SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k))
+
+
+def rollout_placement(config, model_cfg, mesh, abstract_params):
+    """(engine mesh, train-state parameters -> sampling weights). One process samples on the
+    training mesh in the configured layout; several each sample on their own devices with a
+    gathered copy, so no collective runs during rollouts (rollout/weights.py says why)."""
+    if jax.process_count() == 1:
+        layout = weights.choose_layout(config.rollout.param_layout, abstract_params, model_cfg, mesh)
+        logging.info("rollout weights: %s layout on the training mesh", layout)
+        return mesh, lambda params: weights.sampling_params(params, model_cfg, mesh, layout)
+    local_mesh = weights.host_mesh(mesh)
+    logging.info("rollout weights: gathered copy on this host's mesh %s", dict(local_mesh.shape))
+    return local_mesh, lambda params: weights.host_local(
+        weights.sampling_params(params, model_cfg, mesh, "gathered"), local_mesh)
 
 
 def main(argv):
@@ -139,11 +159,13 @@ def main(argv):
                          memory_mb=config.sandbox.memory_mb) as pool:
         logging.info("sandbox: %s", pool.isolation.describe())
         # The engine samples with the train state's parameters, passed per step; it holds none itself.
-        engine = Engine(Qwen2_5_VL.abstract(model_cfg, param_dtype), tokenizer, pool, engine_config(config, images))
+        abstract_model = Qwen2_5_VL.abstract(model_cfg, param_dtype)
+        engine_mesh, sampling_weights = rollout_placement(config, model_cfg, mesh, abstract_model.params())
+        engine = Engine(abstract_model, tokenizer, pool, engine_config(config, images), mesh=engine_mesh)
         grpo_step = GRPOStep(config, engine=engine, tokenizer=tokenizer, prompts=prompts, update_fn=update_fn,
                              mesh=mesh, image_config=images, ref_params=ref_params, old_log_probs_fn=old_log_probs_fn,
                              judge=make_judge(config), eval_prompts=eval_prompts,
-                             eval_benchmarks=benchmarks, workdir=workdir)
+                             eval_benchmarks=benchmarks, workdir=workdir, sampling_weights=sampling_weights)
         logging.info("mesh %s; %d prompts x %d samples per step", dict(mesh.shape), config.grpo.prompts_per_step,
                      config.grpo.group_size)
         run_training(config, workdir, model_cfg=model_cfg,

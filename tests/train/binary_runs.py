@@ -47,8 +47,6 @@ def committed_steps(workdir):
 
 
 def final_params(workdir):
-    import orbax.checkpoint as ocp
-    from models.qwen2_5_vl.params_io import stored_structure
-    path = os.path.join(workdir, "export", "params")
-    assert stored_structure(path)
-    return ocp.StandardCheckpointer().restore(path)
+    """The exported parameters on one local device, whatever topology wrote them."""
+    from models.qwen2_5_vl import Qwen2_5_VL
+    return Qwen2_5_VL.from_checkpoint(os.path.join(workdir, "export")).params()
