@@ -64,7 +64,7 @@ def run_training(config, workdir: str, *, model_cfg: ModelConfig, abstract_state
     tokens_since, time_since = 0.0, time.perf_counter()
     saved_step = step  # the start: restored from (or, at 0, nothing to save)
     try:
-        while step < config.total_steps and not guard.requested:
+        while step < config.total_steps and not guard.stop_at(step):
             state, metrics = train_step(state)
             step += 1
             tokens_since = tokens_since + metrics.get("tokens", 0.0)  # stays on device until a log step
@@ -91,8 +91,9 @@ def run_training(config, workdir: str, *, model_cfg: ModelConfig, abstract_state
                 saved_step = step
             if is_chief and step % config.plot_every == 0:
                 plot_curves(metrics_writer.read(), plot_path, plotted)
-        if guard.requested:
-            if saved_step != step:  # the step SIGTERM stopped at; checked here, not mid-step, so none is missed
+        guard.training_done()
+        if step < config.total_steps:  # stopped by SIGTERM, at the same step on every process
+            if saved_step != step:
                 checkpointer.save(step, state, data_iterator.get_state())
             logging.warning("SIGTERM: saved a checkpoint at step %d and stopping", step)
         else:

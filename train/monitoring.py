@@ -5,7 +5,9 @@ import json
 import os
 import signal
 
+import jax
 import matplotlib
+from jax.experimental import multihost_utils
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -76,16 +78,49 @@ def plot_curves(records: list[dict], png_path: str, names=PLOTTED) -> None:
 
 
 class PreemptionGuard:
-    """Turns SIGTERM (what a TPU VM gets before preemption) into a flag the loop checks after
-    each step, so it can save a checkpoint and exit cleanly instead of dying mid-step."""
+    """Turns SIGTERM (what a TPU VM gets before preemption) into a decision the loop takes between
+    steps, so it saves a checkpoint and exits cleanly instead of dying mid-step.
+
+    One process: a Python handler sets a flag. Several processes: all must stop at the same step,
+    or those still training hang in collectives the others left (and checkpoint different steps),
+    while SIGTERM may reach only one of them. JAX's preemption sync manager, which
+    `jax.distributed.initialize` starts and which owns SIGTERM through its own C handler, agrees on
+    that step: a notice on any process starts a background protocol that picks the step after the
+    furthest process's, and checking it costs no communication per step. A Python handler would
+    take the signal away from it, so with several processes none is installed while training.
+    A notice the protocol places before the steps still to run (one during a resumed run's start,
+    or right after orbax re-reported an older saved step) is missed: training goes on as without
+    the guard, from the last regular checkpoint.
+    """
 
     def __init__(self):
         self.requested = False
+        self._multi_process = jax.process_count() > 1
+        self._previous = None  # the handler ours replaced, once installed
+        if not self._multi_process:
+            self._install()
+
+    def stop_at(self, step: int) -> bool:
+        """Whether to save and stop at `step` (every process gets the same answer). Call it at every
+        step with the training step: orbax reports the steps it saves to the same protocol."""
+        if self._multi_process:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def training_done(self) -> None:
+        """After the last step nothing is left to agree on: SIGTERM becomes a local flag again, so one
+        during the final save or export lets it finish (a rerun redoes an export a lost machine cut
+        short) instead of starting a sync protocol that processes already exiting never join."""
+        if self._multi_process:
+            self._install()
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _install(self) -> None:
         self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         del signum, frame
         self.requested = True
-
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
