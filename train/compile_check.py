@@ -1,21 +1,28 @@
-"""Ahead-of-time compile the real SFT train step for a TPU topology, from any machine, and print
-what one chip would need in HBM.
+"""Ahead-of-time compile the real train and rollout steps for a TPU topology, from any machine,
+and print what one chip would need in HBM.
 
     pip install -r requirements-tpu.txt   # libtpu: the TPU compiler, no TPU needed
     python -m train.compile_check --config=configs/sft.py:7b --topology=v5p:2x2x2
-    python -m train.compile_check --config=configs/sft.py:7b --topology=v5e:4x4 --seq_len=16384 \
-        --config.grad_accum_steps=16 --config.mesh_shape='(1,-1,1)'
+    python -m train.compile_check --config=configs/grpo.py:7b --topology=v5p:2x2x1 --step=grpo \
+        --config.grad_accum_steps=512
+    python -m train.compile_check --config=configs/grpo.py:7b --topology=v5p:2x2x1 --step=rollout
 
-Exit status 2: the step does not fit in the HBM of one chip (the TPU compiler refuses it, or
-its memory analysis adds up to more than the chip's HBM).
+Exit status 2: a step does not fit in the HBM of one chip (the TPU compiler refuses it, or its
+memory analysis adds up to more than the chip's HBM).
 
-The step is `train.step.jit_train_step` with the state and batch shardings of a real run on a mesh
-built from `config.mesh_shape` over the topology's devices. Nothing is allocated: the state and
-the batch are ShapeDtypeStructs carrying their shardings. The batch is the worst case a step sees:
-`batch_size / grad_accum_steps` rows per micro-batch, every row padded to the longest length
-bucket (or --seq_len), and every row holding one image of --image_patches patches laid out in
-perfectly packed 64-patch attention windows (the vision layout's smallest size for that many
-patches).
+--step=sft (default) and --step=grpo compile `train.step.jit_train_step` / `jit_grpo_step` with
+the state and batch shardings of a real run on a mesh built from `config.mesh_shape` over the
+topology's devices, traced under that mesh as the binaries run them. Nothing is allocated: the
+state and the batch are ShapeDtypeStructs carrying their shardings. The batch is the worst case
+a step sees: every micro-batch full (SFT: `batch_size / grad_accum_steps` rows; GRPO: one
+update's `prompts_per_step x group_size / num_minibatches` trajectories over grad_accum_steps),
+every row padded to the longest length bucket (or --seq_len), and every row holding one image of
+--image_patches patches laid out in perfectly packed 64-patch attention windows (the vision
+layout's smallest size for that many patches). It also prints the step's model FLOPs and the
+step times at which it would run at 40% / 60% MFU (train/model_flops.py).
+
+--step=rollout compiles the sampler's decode and append steps over the sharded slot KV cache
+of the config's rollout settings (train/compile_rollout.py).
 """
 from __future__ import annotations
 
@@ -39,9 +46,11 @@ from ml_collections import config_flags  # noqa: E402
 from codedance_jax import mesh as mesh_lib  # noqa: E402
 from models.qwen2_5_vl.config import ModelConfig  # noqa: E402
 from models.qwen2_5_vl.model import window_bucket_for  # noqa: E402
+from train import compile_rollout, model_flops  # noqa: E402
 from train.experiment import model_config  # noqa: E402
 from train.state import abstract_state, learning_rate_schedule, make_optimizer, state_shardings  # noqa: E402
-from train.step import jit_train_step  # noqa: E402
+from train.policy_loss import PolicyLossConfig  # noqa: E402
+from train.step import jit_grpo_step, jit_train_step  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -61,6 +70,7 @@ class BatchSpec:
     frame_windows: int  # F: windows of the widest frame
     patch_dim: int
     window_patches: int
+    token_floats: tuple[str, ...] = ()  # GRPO's per-token float32 arrays (train/inputs.TOKEN_FLOATS)
 
     @property
     def slots(self) -> int:
@@ -71,6 +81,7 @@ class BatchSpec:
         i32 = np.dtype(np.int32)
         shapes = {"input_ids": ((a, b, length), i32), "attention_mask": ((a, b, length), i32),
                   "loss_mask": ((a, b, length), i32), "positions": ((a, 3, b, length), i32)}
+        shapes.update({key: ((a, b, length), np.dtype(np.float32)) for key in self.token_floats})
         if self.patches:
             shapes.update(pixel_values=((a, self.patches, self.patch_dim), np.dtype(np.float32)),
                           patch_index=((a, self.slots), i32), rope_hw=((a, self.slots, 2), i32),
@@ -80,16 +91,18 @@ class BatchSpec:
 
 
 def batch_spec(config, model_cfg: ModelConfig, *, data_parallel: int, num_blocks: int, seq_len: int = 0,
-               image_patches: int = 0) -> BatchSpec:
+               image_patches: int = 0, batch_size: int = 0, token_floats: tuple[str, ...] = ()) -> BatchSpec:
     """The batch of a step: `num_blocks` process-local blocks, each with its own vision layout.
+    batch_size: sequences per optimizer step (0: config.batch_size).
 
     Raises when the batch does not split over the grad-accumulation steps, the data-parallel
     mesh axes or the processes, like the SFT binary would.
     """
-    if config.batch_size % config.grad_accum_steps:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by grad_accum_steps "
+    batch_size = batch_size or config.batch_size
+    if batch_size % config.grad_accum_steps:
+        raise ValueError(f"batch_size {batch_size} is not divisible by grad_accum_steps "
                          f"{config.grad_accum_steps}")
-    rows = config.batch_size // config.grad_accum_steps
+    rows = batch_size // config.grad_accum_steps
     for what, size in (("data-parallel mesh size (data x fsdp)", data_parallel), ("number of processes", num_blocks)):
         if rows % size:
             raise ValueError(f"micro-batch of {rows} rows (batch_size / grad_accum_steps) is not divisible by "
@@ -104,7 +117,7 @@ def batch_spec(config, model_cfg: ModelConfig, *, data_parallel: int, num_blocks
         accum=config.grad_accum_steps, rows=rows, seq_len=seq_len or max(config.length_buckets),
         patches=rows * image_patches, windows=local_windows * num_blocks,
         frame_windows=min(window_bucket_for(windows_per_image), local_windows) if image_patches else 0,
-        patch_dim=vision.patch_dim, window_patches=vision.window_patches)
+        patch_dim=vision.patch_dim, window_patches=vision.window_patches, token_floats=token_floats)
 
 
 def abstract_batch(spec: BatchSpec, mesh) -> dict[str, jax.ShapeDtypeStruct]:
@@ -133,21 +146,54 @@ def topology_devices(name: str) -> list:
                          "use <version>:<chips per axis>, e.g. v5e:4x4, v5p:2x2x1, v6e:2x4") from None
 
 
-def lower_step(config, devices, *, seq_len: int = 0, image_patches: int = 0):
-    """(lowered train step, mesh, batch spec) for `config` on `devices` (e.g. a topology's)."""
+def grpo_update_rows(config) -> int:
+    """Trajectories per GRPO optimizer update: a step's prompts x samples over its mini-batches
+    (train/grpo.py sets batch_size to prompts x samples at startup)."""
+    trajectories = config.grpo.prompts_per_step * config.grpo.group_size
+    if trajectories % config.grpo.num_minibatches:
+        raise ValueError(f"{trajectories} trajectories per step (grpo.prompts_per_step x grpo.group_size) do not "
+                         f"split into grpo.num_minibatches={config.grpo.num_minibatches}")
+    return trajectories // config.grpo.num_minibatches
+
+
+def grpo_token_floats(config) -> tuple[str, ...]:
+    """GRPO's per-token float arrays in the batch: old log-probs only when a rollout batch feeds
+    several updates (train/grpo_trainer.py)."""
+    return ("advantages", "sampler_log_probs") + (("old_log_probs",) if config.grpo.num_minibatches > 1 else ())
+
+
+def policy_loss_config(config) -> PolicyLossConfig:
+    """The policy loss as train/grpo.py builds it (log-probs at the sampling temperature)."""
+    return PolicyLossConfig(temperature=config.rollout.temperature or 1.0, **config.loss.to_dict())
+
+
+def lower_step(config, devices, *, step: str = "sft", seq_len: int = 0, image_patches: int = 0):
+    """(lowered train step, mesh, batch spec) for `config` on `devices` (e.g. a topology's):
+    the SFT step, or with step="grpo" the GRPO update (with the KL reference when kl_coef > 0)."""
+    if step not in ("sft", "grpo"):
+        raise ValueError(f"lower_step lowers the 'sft' or 'grpo' train step, not {step!r}")
     model_cfg = model_config(config)
     mesh = mesh_lib.make_mesh(config.mesh_shape, devices)
     mesh_lib.check_model_fits_mesh(model_cfg.text.num_heads, model_cfg.text.num_kv_heads, mesh)
     num_blocks = len({d.process_index for d in devices})
+    grpo = step == "grpo"
     spec = batch_spec(config, model_cfg, data_parallel=mesh.shape["data"] * mesh.shape["fsdp"],
-                      num_blocks=num_blocks, seq_len=seq_len, image_patches=image_patches)
+                      num_blocks=num_blocks, seq_len=seq_len, image_patches=image_patches,
+                      batch_size=grpo_update_rows(config) if grpo else 0,
+                      token_floats=grpo_token_floats(config) if grpo else ())
     param_dtype = jnp.dtype(config.param_dtype)
     tx = make_optimizer(config)
     shardings = state_shardings(model_cfg, tx, mesh, param_dtype)
-    step = jit_train_step(model_cfg, tx, learning_rate_schedule(config), shardings, remat=config.remat,
-                          num_blocks=num_blocks, loss_chunk=config.loss_chunk_tokens)
     state = abstract_state(model_cfg, tx, shardings, param_dtype)
-    return step.lower(state, abstract_batch(spec, mesh)), mesh, spec
+    batch = abstract_batch(spec, mesh)
+    common = dict(remat=config.remat, num_blocks=num_blocks, loss_chunk=config.loss_chunk_tokens)
+    if not grpo:
+        return jit_train_step(model_cfg, tx, learning_rate_schedule(config), shardings, **common).lower(
+            state, batch), mesh, spec
+    loss_cfg = policy_loss_config(config)
+    update = jit_grpo_step(model_cfg, loss_cfg, tx, learning_rate_schedule(config), shardings, **common)
+    reference = state.params if loss_cfg.kl_coef else None
+    return update.lower(state, batch, reference), mesh, spec
 
 
 def out_of_memory(error: Exception) -> str | None:
@@ -169,24 +215,9 @@ def memory_report(compiled, device_kind: str) -> dict[str, float]:
     return report
 
 
-def main(argv):
-    del argv
-    config, topology = FLAGS.config, FLAGS.topology
-    devices = topology_devices(topology)
-    kind = devices[0].device_kind
-    lowered, mesh, spec = lower_step(config, devices, seq_len=FLAGS.seq_len, image_patches=FLAGS.image_patches)
-    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-    print(f"topology {topology}: {len(devices)} chips ({kind}), "
-          f"{len({d.process_index for d in devices})} hosts; mesh {dict(mesh.shape)}")
-    print(f"model {config.init_checkpoint or config.model_preset}, dtype {config.dtype}, params "
-          f"{config.param_dtype}, remat {config.remat}, loss chunk {config.loss_chunk_tokens} tokens")
-    print(f"batch {config.batch_size} sequences = {spec.accum} micro-batches x {spec.rows} rows "
-          f"({spec.rows // data_parallel} per data-parallel shard), sequence length {spec.seq_len}")
-    if spec.patches:
-        print(f"images: {spec.patches // spec.rows} patches per sequence, {spec.patches} patch rows, "
-              f"{spec.windows} windows (F={spec.frame_windows}) per micro-batch")
-    else:
-        print("images: none (text only)")
+def compile_and_report(name: str, lowered, device_kind: str, resident_gib: float = 0.0) -> bool:
+    """Compiles one lowered step and prints its memory per chip; whether it fits.
+    resident_gib: memory held outside the call (the training state beside a rollout)."""
     start = time.perf_counter()
     try:
         compiled = lowered.compile()
@@ -195,17 +226,86 @@ def main(argv):
             raise
         # The compiler stops at the first buffer assignment that exceeds HBM, so there is no
         # breakdown; its message says how much the temporaries need.
-        print(f"DOES NOT FIT in {HBM_GIB.get(kind, '?')} GiB HBM per chip: {out_of_memory(e)}")
-        raise SystemExit(2) from None
-    seconds = time.perf_counter() - start
-    report = memory_report(compiled, kind)
-    print(f"compiled in {seconds:.0f} s; memory per chip (GiB):")
+        print(f"{name}: DOES NOT FIT in {HBM_GIB.get(device_kind, '?')} GiB HBM per chip: {out_of_memory(e)}")
+        return False
+    report = memory_report(compiled, device_kind)
+    print(f"{name}: compiled in {time.perf_counter() - start:.0f} s; memory per chip (GiB):")
     for key in ("argument", "output", "alias", "temp", "generated_code"):
         print(f"  {key:15s} {report[key]:8.2f}")
-    fits = "unknown HBM size" if math.isnan(report["hbm"]) else (
-        "FITS" if report["total"] <= report["hbm"] else "DOES NOT FIT")
-    print(f"  {'total':15s} {report['total']:8.2f} of {report['hbm']:.0f} GiB HBM: {fits}")
-    if fits == "DOES NOT FIT":
+    total = report["total"] + resident_gib
+    if resident_gib:
+        print(f"  {'step total':15s} {report['total']:8.2f}\n  {'+ train state':15s} {resident_gib:8.2f} "
+              f"(resident beside the rollout)")
+    fits = "unknown HBM size" if math.isnan(report["hbm"]) else "FITS" if total <= report["hbm"] else "DOES NOT FIT"
+    print(f"  {'total':15s} {total:8.2f} of {report['hbm']:.0f} GiB HBM: {fits}")
+    return fits != "DOES NOT FIT"
+
+
+def print_model_flops(config, model_cfg: ModelConfig, spec: BatchSpec, step: str, chips: int, device_kind: str):
+    """Model FLOPs of the step and the step times at which MFU would be 40% / 60% (an estimate:
+    see train/model_flops.py for what is counted)."""
+    with_reference = step == "grpo" and policy_loss_config(config).kl_coef > 0
+    flops = model_flops.step_flops(model_cfg, rows=spec.accum * spec.rows, seq_len=spec.seq_len,
+                                   patches_per_row=spec.patches // spec.rows,
+                                   forward_passes=4 if with_reference else 3)
+    print(f"model FLOPs per step {flops.model / 1e15:.4g} PFLOP (6 x params x tokens: {flops.six_n_d / 1e15:.4g})")
+    peak = model_flops.PEAK_BF16_FLOPS.get(device_kind)
+    if peak:
+        times = ", ".join(f"{mfu:.0%} MFU at {flops.step_time_at(mfu, chips, peak):.4g} s" for mfu in (0.4, 0.6))
+        print(f"modelled MFU on {chips} chips of {peak / 1e12:.0f} TFLOP/s bf16: {times} per step (estimate)")
+
+
+def describe_topology(topology: str, devices, mesh) -> None:
+    print(f"topology {topology}: {len(devices)} chips ({devices[0].device_kind}), "
+          f"{len({d.process_index for d in devices})} hosts; mesh {dict(mesh.shape)}")
+
+
+def describe_train_step(config, step: str, mesh, spec: BatchSpec) -> None:
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    print(f"{step} step: model {config.init_checkpoint or config.model_preset}, dtype {config.dtype}, params "
+          f"{config.param_dtype}, remat {config.remat}, attention {config.attention_impl}, loss chunk "
+          f"{config.loss_chunk_tokens} tokens")
+    print(f"batch {spec.accum * spec.rows} sequences = {spec.accum} micro-batches x {spec.rows} rows "
+          f"({spec.rows // data_parallel} per data-parallel shard), sequence length {spec.seq_len}"
+          + (f", per-token {', '.join(spec.token_floats)}" if spec.token_floats else ""))
+    if spec.patches:
+        print(f"images: {spec.patches // spec.rows} patches per sequence, {spec.patches} patch rows, "
+              f"{spec.windows} windows (F={spec.frame_windows}) per micro-batch")
+    else:
+        print("images: none (text only)")
+
+
+def describe_rollout(config, spec: compile_rollout.RolloutSpec, layout: str) -> None:
+    print(f"rollout: model {config.init_checkpoint or config.model_preset}, dtype {config.dtype}, attention "
+          f"{config.attention_impl}, weights in the {layout!r} layout")
+    print(f"KV cache: {spec.slots} slots x {spec.cache_len} positions ({spec.capacity} context + {spec.chunk} "
+          f"chunk); decode {spec.steps} tokens per call over the whole cache")
+    print(f"append: one segment of {spec.segment} tokens (padded), "
+          + (f"one image of {spec.image_patches} patches" if spec.image_patches else "no image"))
+
+
+def main(argv):
+    del argv
+    config, topology, step = FLAGS.config, FLAGS.topology, FLAGS.step
+    devices = topology_devices(topology)
+    kind = devices[0].device_kind
+    resident_gib = 0.0
+    if step == "rollout":
+        lowered, mesh, spec, layout, resident = compile_rollout.lower_rollout(
+            config, devices, segment_tokens=FLAGS.seq_len, image_patches=FLAGS.image_patches)
+        describe_topology(topology, devices, mesh)
+        describe_rollout(config, spec, layout)
+        resident_gib = resident / _GIB
+    else:
+        step_lowered, mesh, spec = lower_step(config, devices, step=step, seq_len=FLAGS.seq_len,
+                                              image_patches=FLAGS.image_patches)
+        describe_topology(topology, devices, mesh)
+        describe_train_step(config, step, mesh, spec)
+        lowered = {f"{step} step": step_lowered}
+    fits = [compile_and_report(name, one, kind, resident_gib) for name, one in lowered.items()]
+    if step != "rollout":
+        print_model_flops(config, model_config(config), spec, step, len(devices), kind)
+    if not all(fits):
         raise SystemExit(2)
 
 
@@ -216,8 +316,10 @@ if __name__ == "__main__":
     flags.DEFINE_string("topology", None, "TPU topology to compile for, as libtpu names it: <version>:<chips per "
                         "axis>, e.g. v5e:4x4 (16 chips), v5p:2x2x1 (4 chips, v5p-8), v6e:2x4 (8 chips).")
     flags.DEFINE_integer("seq_len", 0, "Padded sequence length of every row; 0 = the config's largest length "
-                         "bucket.")
+                         "bucket. --step=rollout: tokens of the appended segment; 0 = rollout.max_tool_tokens.")
     flags.DEFINE_integer("image_patches", 2048, "Image patch rows (14x14 pixels each) per sequence, as one image; "
                          "2048 is a ~400K-pixel image (512 image tokens). 0 = a text-only step.")
+    flags.DEFINE_enum("step", "sft", ["sft", "grpo", "rollout"], "What to compile: the SFT train step, the GRPO "
+                      "update (--config=configs/grpo.py:...), or the rollout's decode and append steps.")
     flags.mark_flags_as_required(["config", "topology"])
     app.run(main)
