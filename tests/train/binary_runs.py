@@ -2,6 +2,7 @@
 tests/ is not a package). Runs of one module share a persistent compilation cache."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,20 @@ def start(module, workdir, overrides, cache_dir, devices=2):
            "JAX_COMPILATION_CACHE_DIR": cache_dir}
     return subprocess.Popen([sys.executable, "-m", module, f"--workdir={workdir}", *overrides], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def start_processes(module, workdir, overrides, count=2):
+    """`count` processes of one job (jax.distributed over gloo on a free local port), one CPU
+    device each."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    distributed = ["--config.distributed=True", f"--config.coordinator_address=127.0.0.1:{port}",
+                   f"--config.num_processes={count}"]
+    return [subprocess.Popen([sys.executable, "-m", module, f"--workdir={workdir}", *overrides, *distributed,
+                              f"--config.process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True) for i in range(count)]
 
 
 def logged_steps(workdir):
