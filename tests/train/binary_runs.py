@@ -17,18 +17,37 @@ def start(module, workdir, overrides, cache_dir, devices=2):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def start_processes(module, workdir, overrides, count=2):
+def start_processes(module, workdir, overrides, count=2, cache_dir=None):
     """`count` processes of one job (jax.distributed over gloo on a free local port), one CPU
-    device each."""
+    device each. Process i's stderr goes to WORKDIR/stderr_i.txt: a pipe nobody reads while a
+    test waits on the job could fill and stall the process."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    if cache_dir:
+        env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
     distributed = ["--config.distributed=True", f"--config.coordinator_address=127.0.0.1:{port}",
                    f"--config.num_processes={count}"]
-    return [subprocess.Popen([sys.executable, "-m", module, f"--workdir={workdir}", *overrides, *distributed,
-                              f"--config.process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True) for i in range(count)]
+    os.makedirs(workdir, exist_ok=True)
+    processes = []
+    for i in range(count):
+        with open(os.path.join(workdir, f"stderr_{i}.txt"), "a") as err:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", module, f"--workdir={workdir}", *overrides, *distributed,
+                 f"--config.process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err))
+    return processes
+
+
+def process_stderr(workdir, i):
+    with open(os.path.join(workdir, f"stderr_{i}.txt")) as f:
+        return f.read()
+
+
+def finish_processes(processes, workdir, timeout=600):
+    for process in processes:
+        assert process.wait(timeout=timeout) == 0, "\n".join(
+            f"process {i}:\n{process_stderr(workdir, i)[-2000:]}" for i in range(len(processes)))
 
 
 def logged_steps(workdir):

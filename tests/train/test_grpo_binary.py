@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from binary_runs import committed_steps, final_params, finish, logged_steps, run_until, start, start_processes
+from binary_runs import (committed_steps, final_params, finish, finish_processes, logged_steps, run_until, start,
+                         start_processes)
 
 STEPS = 3
 OVERRIDES = [
@@ -80,8 +81,7 @@ def test_preempted_run_resumes_to_identical_metrics_and_parameters(uninterrupted
 
 def test_two_processes_roll_out_validate_and_train_like_one(uninterrupted, tmp_path):
     """Per-host rollouts (one CPU device per process; the single run has both devices)."""
-    for process in start_processes("train.grpo", str(tmp_path), OVERRIDES):
-        finish(process)
+    finish_processes(start_processes("train.grpo", str(tmp_path), OVERRIDES), str(tmp_path))
     expected, got = logged_steps(uninterrupted), logged_steps(str(tmp_path))
     assert [r["step"] for r in got] == [r["step"] for r in expected]  # logged once, by process 0
     sampled = ("reward", "accuracy", "tool_call_rate", "response_length", "generated_tokens", "turns",
