@@ -44,6 +44,7 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from codedance_jax import mesh as mesh_lib  # noqa: E402
+from models.qwen2_5_vl import attention_kernels  # noqa: E402
 from models.qwen2_5_vl.config import ModelConfig  # noqa: E402
 from models.qwen2_5_vl.model import window_bucket_for  # noqa: E402
 from train import compile_rollout, model_flops  # noqa: E402
@@ -162,6 +163,11 @@ def grpo_token_floats(config) -> tuple[str, ...]:
     return ("advantages", "sampler_log_probs") + (("old_log_probs",) if config.grpo.num_minibatches > 1 else ())
 
 
+def train_model_config(config, devices, seq_len: int) -> ModelConfig:
+    """The train step's model: on TPU, whole sequences take splash attention when their length tiles."""
+    return compile_rollout.attention_for(model_config(config), devices, attention_kernels.splash_fits(seq_len))
+
+
 def policy_loss_config(config) -> PolicyLossConfig:
     """The policy loss as train/grpo.py builds it (log-probs at the sampling temperature)."""
     return PolicyLossConfig(temperature=config.rollout.temperature or 1.0, **config.loss.to_dict())
@@ -181,6 +187,7 @@ def lower_step(config, devices, *, step: str = "sft", seq_len: int = 0, image_pa
                       num_blocks=num_blocks, seq_len=seq_len, image_patches=image_patches,
                       batch_size=grpo_update_rows(config) if grpo else 0,
                       token_floats=grpo_token_floats(config) if grpo else ())
+    model_cfg = train_model_config(config, devices, spec.seq_len)
     param_dtype = jnp.dtype(config.param_dtype)
     tx = make_optimizer(config)
     shardings = state_shardings(model_cfg, tx, mesh, param_dtype)
@@ -260,10 +267,11 @@ def describe_topology(topology: str, devices, mesh) -> None:
           f"{len({d.process_index for d in devices})} hosts; mesh {dict(mesh.shape)}")
 
 
-def describe_train_step(config, step: str, mesh, spec: BatchSpec) -> None:
+def describe_train_step(config, step: str, devices, mesh, spec: BatchSpec) -> None:
     data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
     print(f"{step} step: model {config.init_checkpoint or config.model_preset}, dtype {config.dtype}, params "
-          f"{config.param_dtype}, remat {config.remat}, attention {config.attention_impl}, loss chunk "
+          f"{config.param_dtype}, remat {config.remat}, attention "
+          f"{train_model_config(config, devices, spec.seq_len).attention_impl}, loss chunk "
           f"{config.loss_chunk_tokens} tokens")
     print(f"batch {spec.accum * spec.rows} sequences = {spec.accum} micro-batches x {spec.rows} rows "
           f"({spec.rows // data_parallel} per data-parallel shard), sequence length {spec.seq_len}"
@@ -275,9 +283,10 @@ def describe_train_step(config, step: str, mesh, spec: BatchSpec) -> None:
         print("images: none (text only)")
 
 
-def describe_rollout(config, spec: compile_rollout.RolloutSpec, layout: str) -> None:
-    print(f"rollout: model {config.init_checkpoint or config.model_preset}, dtype {config.dtype}, attention "
-          f"{config.attention_impl}, weights in the {layout!r} layout")
+def describe_rollout(config, devices, spec: compile_rollout.RolloutSpec, layout: str) -> None:
+    impl = compile_rollout.rollout_model_config(config, devices).attention_impl
+    print(f"rollout: model {config.init_checkpoint or config.model_preset}, dtype {config.dtype}, attention {impl}"
+          f"{' (decode: paged kernel)' if impl == 'splash' else ''}, weights in the {layout!r} layout")
     print(f"KV cache: {spec.slots} slots x {spec.cache_len} positions ({spec.capacity} context + {spec.chunk} "
           f"chunk); decode {spec.steps} tokens per call over the whole cache")
     print(f"append: one segment of {spec.segment} tokens (padded), "
@@ -294,13 +303,13 @@ def main(argv):
         lowered, mesh, spec, layout, resident = compile_rollout.lower_rollout(
             config, devices, segment_tokens=FLAGS.seq_len, image_patches=FLAGS.image_patches)
         describe_topology(topology, devices, mesh)
-        describe_rollout(config, spec, layout)
+        describe_rollout(config, devices, spec, layout)
         resident_gib = resident / _GIB
     else:
         step_lowered, mesh, spec = lower_step(config, devices, step=step, seq_len=FLAGS.seq_len,
                                               image_patches=FLAGS.image_patches)
         describe_topology(topology, devices, mesh)
-        describe_train_step(config, step, mesh, spec)
+        describe_train_step(config, step, devices, mesh, spec)
         lowered = {f"{step} step": step_lowered}
     fits = [compile_and_report(name, one, kind, resident_gib) for name, one in lowered.items()]
     if step != "rollout":

@@ -19,12 +19,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from codedance_jax import mesh as mesh_lib
-from models.qwen2_5_vl import text
+from models.qwen2_5_vl import attention_kernels, text
 from models.qwen2_5_vl.config import ModelConfig
 from models.qwen2_5_vl.model import window_bucket_for
 from rollout import sampler, weights
 from train.experiment import model_config
 from train.state import abstract_state, make_optimizer, state_shardings
+
+
+def attention_for(model_cfg: ModelConfig, devices, kernels_fit: bool) -> ModelConfig:
+    """`model_cfg` with attention_impl "auto" resolved for the devices compiled for: on TPU chips
+    (the steps trace under the mesh) "auto" takes the Pallas kernels when their shapes tile, but
+    it decides by the backend of the host that traces, here a CPU that would keep the XLA path."""
+    if model_cfg.attention_impl != "auto" or devices[0].platform != "tpu":
+        return model_cfg
+    return model_cfg.replace(attention_impl="splash" if kernels_fit else "chunked")
+
+
+def rollout_model_config(config, devices) -> ModelConfig:
+    """The rollout's model: one-token decode takes the paged kernel when the cache tiles into pages."""
+    model_cfg = model_config(config)
+    cache_len = config.rollout.max_context + config.rollout.prefill_chunk
+    return attention_for(model_cfg, devices, attention_kernels.paged_fits(cache_len, model_cfg.compute_dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +137,7 @@ def lower_rollout(config, devices, *, segment_tokens: int = 0, image_patches: in
 
     Mesh problems (slots or KV heads that do not divide) are refused by SamplerSharding.checked
     before anything is built."""
-    model_cfg = model_config(config)
+    model_cfg = rollout_model_config(config, devices)
     mesh = mesh_lib.make_mesh(config.mesh_shape, devices)
     spec = rollout_spec(config, model_cfg, segment_tokens=segment_tokens, image_patches=image_patches)
     sharding = sampler.SamplerSharding.checked(mesh, model_cfg, spec.slots)

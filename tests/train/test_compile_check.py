@@ -3,6 +3,7 @@ the GRPO update and the rollout's decode/append lower on CPU devices and refuse 
 lengths they cannot take (CPU); small presets AOT-compile for a TPU topology with a memory
 report (needs libtpu)."""
 import importlib.util
+import types
 
 import jax
 import numpy as np
@@ -128,6 +129,19 @@ def test_rollout_refuses_kv_heads_the_tensor_axis_does_not_divide():
     c.mesh_shape = (1, 1, 4)  # the demo model has 2 KV heads
     with pytest.raises(ValueError, match="2 KV heads do not divide over the mesh axis 'tensor' \\(4 devices\\)"):
         compile_rollout.lower_rollout(c, jax.devices()[:4])
+
+
+def test_auto_attention_resolves_as_on_the_chips_compiled_for():
+    """The tracing host is a CPU, where "auto" keeps XLA attention; a TPU executable takes the
+    kernels when the shapes tile."""
+    cfg = get_preset("demo")
+    assert cfg.attention_impl == "auto"
+    tpu = [types.SimpleNamespace(platform="tpu")]
+    assert compile_rollout.attention_for(cfg, tpu, kernels_fit=True).attention_impl == "splash"
+    assert compile_rollout.attention_for(cfg, tpu, kernels_fit=False).attention_impl == "chunked"
+    assert compile_rollout.attention_for(cfg, jax.devices(), kernels_fit=True) is cfg
+    chosen = cfg.replace(attention_impl="chunked")
+    assert compile_rollout.attention_for(chosen, tpu, kernels_fit=True) is chosen
 
 
 def test_model_flops_of_a_7b_step_are_close_to_six_n_d():
