@@ -22,9 +22,8 @@ On a mesh (`SlotCache(..., mesh=mesh)`) the cache is sharded: slots over the dat
 ("data", "fsdp"), KV heads over "tensor" (see `SamplerSharding`), and both steps are jitted
 with those explicit in/out shardings and traced under `jax.set_mesh`, so the TPU attention
 kernels run per shard. The parameters keep whatever sharding they arrive with
-(rollout/weights.py puts them in a sampling layout). An append then writes its segment through
-every slot's row with only the target's row real: slicing one slot out of an axis split over
-devices would gather the whole cache.
+(rollout/weights.py puts them in a sampling layout). An append then runs per shard of slots, the
+owner of the target slot writing it (`_append_on_shards`).
 """
 from __future__ import annotations
 
@@ -169,18 +168,26 @@ def _decode_steps(cfg: ModelConfig, params: dict, cache: text.KVCache, triggers:
 
 
 def _append_segment(cfg: ModelConfig, params: dict, cache: text.KVCache, slot: jax.Array, start: jax.Array,
-                    segment: dict, *, chunk: int, all_rows: bool = False) -> text.KVCache:
+                    segment: dict, *, chunk: int, sharding: SamplerSharding | None = None) -> text.KVCache:
     """Writes `segment["num_tokens"]` tokens into `slot` from cache position `start` (which also
     resets or rewinds the slot); the padded tail of the segment is never written past a chunk.
-    all_rows: run the chunks through every slot's row, only `slot`'s real (a sharded cache)."""
+    sharding: the cache's, when it is split over the mesh (see `_append_on_shards`)."""
     embeds = model_lib.embed_inputs(cfg, params, segment)  # [1, L, D], image features merged
-    positions = segment["positions"]                      # [3, 1, L]
-    num_tokens = segment["num_tokens"]
-    if all_rows:
-        return _append_through_all_rows(cfg, params, cache, slot, start, embeds, positions, num_tokens, chunk)
+    write = functools.partial(_write_slot, cfg, positions=segment["positions"], num_tokens=segment["num_tokens"],
+                              chunk=chunk)
+    if sharding is not None:
+        return _append_on_shards(write, sharding, params, cache, slot, start, embeds)
+    return write(params, cache, slot, start, embeds, owned=True)
+
+
+def _write_slot(cfg: ModelConfig, params: dict, cache: text.KVCache, slot, start, embeds, *, positions, num_tokens,
+                chunk: int, owned) -> text.KVCache:
+    """The append on one cache: slot `slot` alone is sliced out, written chunk by chunk, and put
+    back; where `owned` is False the slot keeps its old contents."""
     # The slot's cache alone (axis 2 of [kv_heads, layers, slots, max_len, head_dim]).
-    one = text.KVCache(k=jax.lax.dynamic_slice_in_dim(cache.k, slot, 1, axis=2),
-                       v=jax.lax.dynamic_slice_in_dim(cache.v, slot, 1, axis=2), lengths=start[None])
+    old = text.KVCache(k=jax.lax.dynamic_slice_in_dim(cache.k, slot, 1, axis=2),
+                       v=jax.lax.dynamic_slice_in_dim(cache.v, slot, 1, axis=2),
+                       lengths=jax.lax.dynamic_slice_in_dim(cache.lengths, slot, 1))
 
     def write_chunk(index, one):
         begin = index * chunk
@@ -191,33 +198,32 @@ def _append_segment(cfg: ModelConfig, params: dict, cache: text.KVCache, slot: j
                                          cfg.compute_dtype, attention_impl=cfg.attention_impl)
         return one
 
-    one = jax.lax.fori_loop(0, (num_tokens + chunk - 1) // chunk, write_chunk, one)
+    one = jax.lax.fori_loop(0, (num_tokens + chunk - 1) // chunk, write_chunk,
+                            dataclasses.replace(old, lengths=start[None]))
+    one = jax.tree.map(lambda new, kept: jnp.where(owned, new, kept), one, old)
     return text.KVCache(k=jax.lax.dynamic_update_slice_in_dim(cache.k, one.k, slot, axis=2),
                         v=jax.lax.dynamic_update_slice_in_dim(cache.v, one.v, slot, axis=2),
-                        lengths=cache.lengths.at[slot].set(one.lengths[0]))
+                        lengths=jax.lax.dynamic_update_slice_in_dim(cache.lengths, one.lengths, slot, axis=0))
 
 
-def _append_through_all_rows(cfg: ModelConfig, params: dict, cache: text.KVCache, slot, start, embeds, positions,
-                             num_tokens, chunk: int) -> text.KVCache:
-    """The sharded form of an append: each chunk goes through every slot's row (row `slot` real,
-    the others with no real tokens, so they are left as they were). Costs slots-per-device times
-    the compute of one row, and no cross-device traffic."""
-    batch = cache.lengths.shape[0]
-    target = jnp.arange(batch) == slot
-    cache = dataclasses.replace(cache, lengths=jnp.where(target, start, cache.lengths))
+def _append_on_shards(write, sharding: SamplerSharding, params, cache: text.KVCache, slot, start, embeds):
+    """The append on a cache whose slots are split over the data-parallel axes: each shard runs
+    the single-slot write on its own slots, the target's owner for real and the others on a
+    stand-in they leave unchanged. No shard reads another's cache (slicing a slot out of the
+    split axis would gather the whole cache), and each computes one slot's worth, not all of
+    its slots'. The "tensor" axis stays automatic: KV heads and weights keep their split."""
+    def on_shard(params, cache, slot, start, embeds):
+        per_shard = cache.lengths.shape[0]
+        local = slot - jax.lax.axis_index(BATCH_AXES) * per_shard
+        owned = (local >= 0) & (local < per_shard)
+        return write(params, cache, jnp.clip(local, 0, per_shard - 1), start, embeds, owned=owned)
 
-    def write_chunk(index, cache):
-        begin = index * chunk
-        chunk_embeds = jnp.broadcast_to(jax.lax.dynamic_slice_in_dim(embeds, begin, chunk, axis=1),
-                                        (batch, chunk, embeds.shape[2]))
-        chunk_positions = jnp.broadcast_to(jax.lax.dynamic_slice_in_dim(positions, begin, chunk, axis=2),
-                                           (3, batch, chunk))
-        real = jnp.where(target, jnp.clip(num_tokens - begin, 0, chunk), 0)
-        _, cache = text.forward_with_cache(cfg.text, params["text"], chunk_embeds, chunk_positions, real, cache,
-                                           cfg.compute_dtype, attention_impl=cfg.attention_impl)
-        return cache
-
-    return jax.lax.fori_loop(0, (num_tokens + chunk - 1) // chunk, write_chunk, cache)
+    rows, whole = PartitionSpec(BATCH_AXES), PartitionSpec()
+    cache_spec = text.KVCache(k=PartitionSpec(None, None, BATCH_AXES), v=PartitionSpec(None, None, BATCH_AXES),
+                              lengths=rows)
+    return jax.shard_map(on_shard, mesh=sharding.mesh, in_specs=(whole, cache_spec, whole, whole, whole),
+                         out_specs=cache_spec, axis_names=set(BATCH_AXES), check_vma=False)(
+                             params, cache, slot, start, embeds)
 
 
 # The jitted steps, one per static configuration; kept so tests can count their compilations.
@@ -241,7 +247,7 @@ def jitted_append(cfg: ModelConfig, chunk: int, sharding: SamplerSharding | None
     """append(params, cache, slot, start, segment) -> cache; the cache is donated."""
     key = ("append", cfg, chunk, sharding)
     if key not in _JITTED:
-        fn = functools.partial(_append_segment, cfg, chunk=chunk, all_rows=sharding is not None)
+        fn = functools.partial(_append_segment, cfg, chunk=chunk, sharding=sharding)
         whole = sharding.replicated if sharding else None
         _JITTED[key] = (jax.jit(fn, donate_argnums=1) if sharding is None else
                         jax.jit(fn, in_shardings=(None, sharding.cache, whole, whole, whole),
