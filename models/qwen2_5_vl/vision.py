@@ -127,5 +127,5 @@ def encode_images(cfg: VisionConfig, params: dict, pixel_values: jax.Array, layo
     mp = jax.tree.map(lambda a: a.astype(dtype), params["merger"])
     y = rms_norm(x, mp["norm"], cfg.norm_eps).reshape(-1, cfg.hidden_size * cfg.merge_unit)
     y = jax.nn.gelu(y @ mp["fc1_kernel"] + mp["fc1_bias"], approximate=False)
-    merged = constrain(y @ mp["fc2_kernel"] + mp["fc2_bias"], _ROWS)
+    merged = y @ mp["fc2_kernel"] + mp["fc2_bias"]
     return jnp.take(merged, layout["merged_order"], axis=0)
