@@ -11,11 +11,10 @@ import jax
 import numpy as np
 
 
-def share(count: int, index: int | None = None, processes: int | None = None) -> range:
+def share(count: int) -> range:
     """This process's contiguous block of `count` items (blocks differ by at most one item)."""
-    index = jax.process_index() if index is None else index
-    processes = jax.process_count() if processes is None else processes
-    base, extra = divmod(count, processes)
+    base, extra = divmod(count, jax.process_count())
+    index = jax.process_index()
     start = index * base + min(index, extra)
     return range(start, start + base + (index < extra))
 
