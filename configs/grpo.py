@@ -72,7 +72,6 @@ def base() -> ml_collections.ConfigDict:
     c.grpo.prompts_per_step = 4
     c.grpo.group_size = 4
     c.grpo.num_minibatches = 1
-    c.batch_size = c.grpo.prompts_per_step * c.grpo.group_size  # set from the two above at startup
 
     # Policy loss (train/policy_loss.py).
     c.loss = ml_collections.ConfigDict()
@@ -119,7 +118,9 @@ def demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.patch_buckets = (8192,)
     c.rollout.num_slots = 32
     c.rollout.max_context = 768
-    c.rollout.max_turns = 3
+    # Room for the SFT data's longest trajectory (a failed call, its fix, the answer) without the
+    # engine's last-turn wording, so rollouts meet the tool turns SFT trained on.
+    c.rollout.max_turns = 4
     c.rollout.max_turn_tokens = 256
     c.rollout.max_response_tokens = 512
     c.rollout.max_tool_tokens = 256
@@ -131,12 +132,17 @@ def demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     c = base()
-    if preset == "tiny":
-        return c
     if preset == "demo":
-        return demo(c)
-    if preset not in ("3b", "7b"):
+        c = demo(c)
+    elif preset in ("3b", "7b"):
+        c = release(c, preset)
+    elif preset != "tiny":
         raise ValueError(f"unknown GRPO preset {preset!r}; choose tiny, demo, 3b or 7b")
+    c.batch_size = c.grpo.prompts_per_step * c.grpo.group_size  # train.grpo sets it again after overrides
+    return c
+
+
+def release(c: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
     # The release (SPEC section 5): group 8, 256 prompts per step, one update per rollout batch,
     # AdamW 1e-6 constant, weight decay 0.01, clip 1.0, no KL, clip 0.2/0.2, dual clip 3,
     # token-mean, temperature 1, 6 turns, 10240 prompt + 10240 response tokens, 15 s code timeout,

@@ -16,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from codedance_jax import mesh as mesh_lib
+from codedance_jax import rewards as rewards_lib
 from codedance_jax.data.rl_prompts import PromptIterator, decode_prompt, prompt_source, synthetic_prompt_source
 from codedance_jax.logging_setup import quiet_library_logs
 from codedance_jax.processing.image import ImageProcessingConfig
@@ -38,6 +39,10 @@ PLOTTED = ("reward", "accuracy", "tool_call_rate", "tool_call_rate_easy", "tool_
 
 def check_config(config) -> None:
     """Refuses settings that cannot run, before anything is built."""
+    if config.reward.kind not in rewards_lib.KINDS:
+        raise ValueError(f"reward.kind={config.reward.kind!r} is not one of {rewards_lib.KINDS}")
+    if config.reward.invalid not in ("raise", "skip"):
+        raise ValueError(f"reward.invalid={config.reward.invalid!r} must be 'raise' or 'skip'")
     if config.grpo.group_size < 2:
         raise ValueError(f"grpo.group_size must be >= 2 (a group of one has no advantage), "
                          f"got {config.grpo.group_size}")
@@ -170,7 +175,7 @@ def main(argv):
                      config.grpo.group_size)
         run_training(config, workdir, model_cfg=model_cfg,
                      abstract_state=abstract_state(model_cfg, tx, shardings, param_dtype), fresh_state=fresh_state,
-                     train_step=grpo_step, data_iterator=prompts, asset_dir=tokenizer_files(config),
+                     train_step=grpo_step, data_iterator=prompts, asset_dir=tokenizer_files(config), image_config=images,
                      evaluate=grpo_step.validate, plotted=PLOTTED,
                      progress_keys=("reward", "accuracy", "tool_call_rate"))
 

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 
 from codedance_jax import processes
 from codedance_jax import rewards as rewards_lib
@@ -100,8 +101,12 @@ class GRPOStep:
 
     def _score(self, trajectories, prompts, group_ids) -> rewards_lib.RewardBatch:
         items = reward_items(trajectories, prompts, group_ids, self.tokenizer)
-        return rewards_lib.compute_rewards(items, self.config.reward.kind, judge=self.judge,
-                                           invalid=self.config.reward.invalid)
+        rewards = rewards_lib.compute_rewards(items, self.config.reward.kind, judge=self.judge,
+                                              invalid=self.config.reward.invalid, gather=processes.gather_objects)
+        for reward in rewards.trajectories:
+            if reward.error:
+                logging.warning("GRPO skipped a trajectory (counted in num_invalid): %s", reward.error)
+        return rewards
 
     def __call__(self, state: TrainState) -> tuple[TrainState, dict]:
         config, times = self.config, StepTimes()
@@ -125,6 +130,9 @@ class GRPOStep:
         times.scoring_s = time.perf_counter() - scored_at
 
         updated_at = time.perf_counter()
+        # A skipped trajectory (no usable ground truth) keeps its row but is out of the token mean.
+        trajectories = [t if r.score is not None else dataclasses.replace(t, loss_mask=[0] * len(t.loss_mask))
+                        for t, r in zip(trajectories, rewards.trajectories)]
         minibatches = update_batches(
             self.engine.model_config, trajectories, advantages, num_minibatches=config.grpo.num_minibatches,
             micro_batches=config.grad_accum_steps, length_buckets=config.length_buckets,

@@ -11,11 +11,12 @@ A call failed when its structured outcome is not "ok" (a timeout fails; a progra
   answer turn, c_i = s_i + 0.2 * c_{i+1}; the c_i of every call in the batch (the trailing 0s are
   not among them) are z-normalised together with the population std, or left raw when that std is
   <= 1e-8. The trainer adds STEP_WEIGHT * c_i to the advantage of the turn that wrote call i.
+  On a multi-host batch, `gather` brings every process's c_i so all are normalised together.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -69,11 +70,17 @@ def discounted_step_scores(outcomes: Sequence[str]) -> list[float]:
     return values[::-1]
 
 
-def step_values(outcomes_per_trajectory: Sequence[Sequence[str]]) -> list[list[float]]:
+def step_values(outcomes_per_trajectory: Sequence[Sequence[str]],
+                gather: Callable[[np.ndarray], list[np.ndarray]] | None = None) -> list[list[float]]:
+    """gather: this process's raw c_i -> every process's, in process order
+    (`processes.gather_objects`); the batch is then the union of the processes' trajectories.
+    Every process must call it, also with no calls of its own."""
     raw = [discounted_step_scores(outcomes) for outcomes in outcomes_per_trajectory]
     flat = np.asarray([v for values in raw for v in values], np.float64)
+    if gather is not None:
+        flat = np.concatenate([np.asarray(part, np.float64) for part in gather(flat)])
     if flat.size == 0:
-        return [[] for _ in raw]
+        return raw
     mean, std = flat.mean(), flat.std()
     if std <= STD_FLOOR:
         return raw

@@ -1,6 +1,6 @@
 """Everything the GRPO trainer needs from one batch of trajectories, in one call.
 
-`compute_rewards(items, kind, judge=None, invalid="raise")` scores every `RewardItem` and returns a
+`compute_rewards(items, kind, judge=None, invalid="raise", gather=None)` scores every `RewardItem` and returns a
 `RewardBatch`: per trajectory the reward, its parts (`Score`, tool term, d, mu), the group
 advantage and one step value per tool call. Reward kinds:
 
@@ -15,11 +15,13 @@ invalid="skip" is counted (`num_invalid`) and gets reward, advantage and step va
 out of its group's statistics and of the step normalisation. The trainer adds `bat.STEP_WEIGHT`
 (0.2) times a call's step value to the advantage of the assistant turn that wrote that call
 (`advantages.segment_advantages(t.advantage, t.step_values, num_segments)` per trajectory).
+Groups are whole within `items`; on a multi-host batch `gather` (`processes.gather_objects`) pools
+the step normalisation over every process's items.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -140,7 +142,8 @@ def _reward(kind: str, score: Score, tool: float, d: float, tool_images: int) ->
     return float(score.acc)
 
 
-def compute_rewards(items: Sequence[RewardItem], kind: str = "bat", judge=None, invalid: str = "raise") -> RewardBatch:
+def compute_rewards(items: Sequence[RewardItem], kind: str = "bat", judge=None, invalid: str = "raise",
+                    gather: Callable[[object], list] | None = None) -> RewardBatch:
     if kind not in KINDS:
         raise ValueError(f"unknown reward kind {kind!r}; expected one of {KINDS}")
     if invalid not in ("raise", "skip"):
@@ -159,7 +162,7 @@ def compute_rewards(items: Sequence[RewardItem], kind: str = "bat", judge=None, 
         d = difficulty_factor(mu[items[i].group_id])
         rewards[i] = (_reward(kind, scores[i], tool, d, items[i].tool_images), tool, d)
     advantages = dict(zip(valid, group_advantages([rewards[i][0] for i in valid], [items[i].group_id for i in valid])))
-    steps = dict(zip(valid, step_values([items[i].outcomes for i in valid])))
+    steps = dict(zip(valid, step_values([items[i].outcomes for i in valid], gather)))
 
     trajectories = []
     for i, item in enumerate(items):

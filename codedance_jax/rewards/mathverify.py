@@ -33,3 +33,18 @@ def math_equal(prediction: str, ground_truth: str) -> bool:
     timeout = TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
     gold, pred = _parse(ground_truth, timeout), _parse(prediction, timeout)
     return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout))
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def numeric_value(text: str) -> float | None:
+    """The real number `text` denotes ("\\sqrt{2}", "\\frac{3}{4}", "2\\pi"), else None."""
+    if len(text) > MAX_CHARS:
+        return None
+    timeout = TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    for expr in _parse(text, timeout):
+        if getattr(expr, "is_number", False):
+            try:
+                return float(expr.evalf())
+            except (TypeError, ValueError):  # complex, or not a finite real
+                return None
+    return None

@@ -97,3 +97,13 @@ def test_segment_advantages():
 ])
 def test_deepeyes_reward(acc, fmt, images, task, reward):
     assert rewards.deepeyes_reward(acc, fmt, images, task) == pytest.approx(reward)
+
+
+def test_step_values_of_process_blocks_are_normalised_over_the_whole_batch():
+    batch = [["ok", "error"], ["timeout"], [], ["ok", "ok", "error"], ["parse_error"]]
+    blocks = (batch[:2], batch[2:])
+    raws = [np.asarray([v for o in block for v in rewards.bat.discounted_step_scores(o)]) for block in blocks]
+    joined = [v for i, block in enumerate(blocks)
+              for v in rewards.step_values(block, gather=lambda mine, i=i: [raws[0], raws[1]])]
+    assert joined == rewards.step_values(batch)
+    assert rewards.step_values(blocks[0]) != joined[:2]  # normalised per block they would differ
