@@ -11,7 +11,6 @@ file and process 0 merges them and writes the summary and report.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 
@@ -70,7 +69,7 @@ class _Model:
 
     def _build(self):
         from codedance_jax.processing.image import ImageProcessingConfig
-        from codedance_jax.processing.tokenizer import load_tokenizer
+        from codedance_jax.processing.tokenizer import checkpoint_tokenizer_dir, load_tokenizer
         from models.qwen2_5_vl import Qwen2_5_VL
         from rollout.engine import Engine, EngineConfig
         from rollout.sampling import SamplingParams
@@ -79,19 +78,11 @@ class _Model:
         ckpt = FLAGS.ckpt_dir
         if not ckpt:
             raise DataError("--ckpt_dir is required to run items (it is not needed when every item is done)")
-        image_config = ImageProcessingConfig()
-        preprocessor = os.path.join(ckpt, "preprocessor_config.json")
-        if os.path.exists(preprocessor):
-            with open(preprocessor) as f:
-                image_config = ImageProcessingConfig.from_preprocessor_config(json.load(f))
+        image_config = ImageProcessingConfig.for_checkpoint(ckpt)
         if FLAGS.max_pixels:
             image_config = dataclasses.replace(image_config, max_pixels=FLAGS.max_pixels)
-        tokenizer_dir = FLAGS.tokenizer_dir or (ckpt if os.path.exists(os.path.join(ckpt, "tokenizer_config.json"))
-                                                else None)
-        if tokenizer_dir is None:
-            logging.warning("%s has no tokenizer files; using the packaged test tokenizer", ckpt)
         model = Qwen2_5_VL.from_checkpoint(ckpt, dtype=FLAGS.dtype)
-        self.tokenizer = load_tokenizer(tokenizer_dir)
+        self.tokenizer = load_tokenizer(checkpoint_tokenizer_dir(ckpt, FLAGS.tokenizer_dir))
         self._pool = InterpreterPool(num_workers=FLAGS.sandbox_workers, timeout_s=FLAGS.code_timeout_s)
         config = EngineConfig(
             num_slots=FLAGS.num_slots, max_context=FLAGS.max_context, prefill_chunk=FLAGS.prefill_chunk,
@@ -138,7 +129,7 @@ def evaluate(spec: str, data: str | None, out_dir: str, model: _Model, judge, in
         open(marker, "w").close()
         if index != 0:
             return None
-        predictions.wait_for_shards(out_dir, count, FLAGS.merge_timeout_s)
+        predictions.wait_for_shards(out_dir, count, [item.id for item in items], FLAGS.merge_timeout_s)
         records = predictions.merge(out_dir, [item.id for item in dataset.items])
     else:
         records = predictions.read_predictions(predictions.shard_path(out_dir, 0, 1))

@@ -93,14 +93,22 @@ def finished_ids(out_dir: str) -> set[str]:
     return {record["id"] for path in _all_files(out_dir) for record in read_predictions(path)}
 
 
-def wait_for_shards(out_dir: str, count: int, timeout_s: float, poll_s: float = 2.0) -> None:
+def wait_for_shards(out_dir: str, count: int, expected_ids: Iterable[str], timeout_s: float,
+                    poll_s: float = 2.0) -> None:
+    """Until every process has marked its shard done and every expected id has a record: a
+    marker alone could be a stale one of an earlier run whose process has not restarted yet."""
+    expected = set(expected_ids)
     deadline = time.monotonic() + timeout_s
     while True:
         missing = [i for i in range(count) if not os.path.exists(done_marker(out_dir, i, count))]
         if not missing:
-            return
+            missing_ids = expected - finished_ids(out_dir)
+            if not missing_ids:
+                return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{out_dir}: processes {missing} of {count} did not finish within {timeout_s:.0f} s")
+            waiting = (f"processes {missing} of {count} did not finish" if missing else
+                       f"{len(missing_ids)} items have no record (e.g. {sorted(missing_ids)[:3]})")
+            raise TimeoutError(f"{out_dir}: {waiting} within {timeout_s:.0f} s")
         time.sleep(poll_s)
 
 

@@ -63,13 +63,19 @@ def breakdown(items, correct: Mapping[str, bool], key: Callable) -> dict:
 
 
 def rescore(benchmark, dataset, lines: list[dict], path: str, judge=None) -> list[dict]:
-    """Scored records for prediction lines; unknown ids and lines without a response are errors."""
+    """Scored records for prediction lines; unknown or repeated ids and lines without a response
+    are errors."""
     items = {item.id: item for item in dataset.items}
     unknown = [(n, line["id"]) for n, line in enumerate(lines, start=1) if line["id"] not in items]
     if unknown:
         shown = ", ".join(f"line {n}: {item_id!r}" for n, item_id in unknown[:5])
         raise DataError(f"{path}: {len(unknown)} predictions for ids that {benchmark.name} ({dataset.source}) "
                         f"does not have ({shown})")
+    first_line: dict = {}
+    for n, line in enumerate(lines, start=1):
+        if line["id"] in first_line:
+            raise DataError(f"{path}: id {line['id']!r} is predicted twice (lines {first_line[line['id']]} and {n})")
+        first_line[line["id"]] = n
     records = []
     for number, line in enumerate(lines, start=1):
         if "skipped" in line:

@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from codedance_jax.data.records import RecordError, read_jsonl
@@ -61,4 +62,9 @@ def read_rows(path: str, allowed: tuple[str, ...] = tuple(READERS)) -> list[tupl
         raise DataError(f"{path}: unsupported file type {extension!r} (expected one of {', '.join(allowed)})")
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
-    return list(READERS[extension](path))
+    try:
+        return list(READERS[extension](path))
+    except DataError:
+        raise
+    except (ValueError, OSError, csv.Error, pa.ArrowException) as err:  # a corrupt or mis-encoded file
+        raise DataError(f"{path}: cannot be read as {extension}: {type(err).__name__}: {err}") from err

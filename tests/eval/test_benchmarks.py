@@ -1,10 +1,12 @@
 """Every benchmark on a small fixture in its public form, scored by hand: the official rule and
 its traps (V* answered "A" everywhere, "1" vs "10", 4.9% vs 5.1%, a float with precision 2, the
 four WeMath cases, cycle averaging)."""
+import json
 import os
 
 import pytest
 
+from codedance_jax import rewards
 from codedance_jax.eval import registry, scoring, summary
 from eval_fixtures import (b64png, chartqa_official, chartqa_parquet, hrbench_tsv, png, vstar, write_json,
                            write_parquet)
@@ -93,6 +95,18 @@ def test_chartqa_relaxed_accuracy_per_split_and_average(tmp_path, form):
     assert result["human"] == pytest.approx(200 / 3) and result["augmented"] == 50
     assert result["average"] == result["overall"] == pytest.approx((200 / 3 + 50) / 2)
     assert result["decided_by"] == {"relaxed_5pct": 3, "exact_case_insensitive": 2}
+
+
+@pytest.mark.parametrize("answer, label, correct", [
+    ("45%", "0.45", True), ("45%", "45", False),       # "%" divides by 100, as pix2struct does
+    ("1,234", "1234", False), ("$12", "12", False),     # only what float() reads is a number
+    ("12 million", "12", False), (" 12.4 ", "12", True),
+    ("0.0", "0", False), ("0", "0", True),              # a label of 0 is compared as text
+    ("-5.1", "-5", True), ("inf", "5", False),
+])
+def test_chartqa_numbers_are_read_as_pix2struct_reads_them(answer, label, correct):
+    from codedance_jax.eval.benchmarks.chartqa import relaxed_match
+    assert relaxed_match(answer, label).correct is correct
 
 
 def test_countbenchqa_is_numeric_exact(tmp_path):
@@ -241,6 +255,20 @@ def test_mathvision_splits_choices_and_free_form(tmp_path):
     assert result["by_level"]["2"]["accuracy"] == 100 and result["by_subject_level"]["algebra / level 1"]["total"] == 2
 
 
+def test_mathvision_values_expressions_and_reads_a_final_option_letter(tmp_path):
+    rows = [{"id": "1", "question": "Which?", "options": ["1", "2", "3", "4", "5"], "image": "1.jpg", "answer": "C"},
+            {"id": "2", "question": "How long?", "options": [], "image": "1.jpg", "answer": "\\sqrt{2}"}]
+    (tmp_path / "1.jpg").write_bytes(png(3))
+    with open(tmp_path / "testmini.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    benchmark = registry.get("mathvision")
+    choice, free = benchmark.read(str(tmp_path / "testmini.jsonl")).items
+    assert benchmark.check(choice, "Thus (C).").correct and benchmark.check(choice, "so the answer: C").correct
+    assert not benchmark.check(choice, "Thus (B).").correct
+    assert benchmark.check(free, "1.41") == rewards.Match(True, "numeric_2dp")
+    assert not benchmark.check(free, "1.42").correct
+
+
 def test_release_parquet_ids_tasks_and_bare_answers(tmp_path):
     rows = [{"data_source": "chart", "images": [{"bytes": png(1), "path": None}],
              "extra_info": {"question": "<image>What is the total?", "answer": "7", "index": 0}},
@@ -293,3 +321,24 @@ def test_judge_decides_only_free_form_answers_the_rules_call_wrong(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("name, content", [("counts.parquet", b"PAR1 not really parquet"),
+                                           ("hr.tsv", b"index\tquestion\n0\t\xff\xfe broken utf-8\n")])
+def test_a_corrupt_file_is_named_not_a_traceback(tmp_path, name, content):
+    from codedance_jax.eval.items import DataError
+    from codedance_jax.eval.tables import read_rows
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=f"{path}: cannot be read as"):
+        read_rows(str(path))
+
+
+def test_a_prediction_file_that_repeats_an_id_is_refused():
+    from codedance_jax.eval.items import DataError
+    benchmark = registry.get("synthetic:num=2")
+    dataset = benchmark.read(None)
+    first = dataset.items[0].id
+    lines = [{"id": first, "response": "1"}, {"id": dataset.items[1].id, "response": "2"}, {"id": first, "response": "3"}]
+    with pytest.raises(DataError, match=f"preds.jsonl: id '{first}' is predicted twice \\(lines 1 and 3\\)"):
+        scoring.rescore(benchmark, dataset, lines, "preds.jsonl")

@@ -5,12 +5,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from codedance_jax.eval import predictions
 from eval_fixtures import png, write_parquet
-from eval_run import run_main
+from eval_run import ENGINE_FLAGS, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTHETIC = "--benchmark=synthetic:num=4"
@@ -59,12 +60,25 @@ def test_finished_run_needs_no_model(single_run, capsys):
 
 
 def test_two_processes_split_items_and_process_zero_merges(single_run, tiny_ckpt, tmp_path):
+    """Two eval.main processes; process 0 finishes its items first and must wait for process 1,
+    although a done marker of process 1 is left from an earlier run that never merged."""
     out = str(tmp_path)
-    run_main(f"--ckpt_dir={tiny_ckpt}", SYNTHETIC, f"--out_dir={out}", "--process_index=1", "--process_count=2")
-    shard = [json.loads(line) for line in lines(os.path.join(out, "predictions.1-of-2.jsonl"))]
-    assert [r["id"] for r in shard] == ["synthetic-1-1", "synthetic-1-3"]
-    assert not os.path.exists(os.path.join(out, "summary.json"))  # only process 0 summarises
-    run_main(f"--ckpt_dir={tiny_ckpt}", SYNTHETIC, f"--out_dir={out}", "--process_index=0", "--process_count=2")
+    open(predictions.done_marker(out, 1, 2), "w").close()
+    command = [sys.executable, "-m", "codedance_jax.eval.main", *ENGINE_FLAGS, f"--ckpt_dir={tiny_ckpt}", SYNTHETIC,
+               f"--out_dir={out}", "--process_count=2", "--merge_timeout_s=600"]
+    zero = subprocess.Popen(command + ["--process_index=0"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    shard = os.path.join(out, "predictions.0-of-2.jsonl")
+    deadline = time.monotonic() + 600
+    while not (os.path.exists(shard) and len(lines(shard)) == 2) and zero.poll() is None:
+        assert time.monotonic() < deadline, "process 0 did not finish its items"
+        time.sleep(0.5)
+    time.sleep(3)  # process 0 now polls the markers (every 2 s); the stale one must not make it merge
+    assert zero.poll() is None, zero.communicate()[1][-3000:]
+    one = subprocess.run(command + ["--process_index=1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    _, err = zero.communicate(timeout=600)
+    assert zero.returncode == 0, err[-3000:]
     merged = [json.loads(line) for line in lines(os.path.join(out, "predictions.jsonl"))]
     assert [r["id"] for r in merged] == [f"synthetic-1-{k}" for k in range(4)]
     assert sorted(os.listdir(out)) == ["images", "predictions.jsonl", "report.html", "summary.json"]

@@ -3,9 +3,9 @@
 list, human_or_machine 0 = human / 1 = augmented). Ids are `human/N` and `augmented/N`, N
 counting the rows of that split in file order, so both forms give the same ids.
 
-Relaxed accuracy (pix2struct's rule, the official one): when answer and label are numbers the
-answer may be off by up to 5% of the label, otherwise it must equal the label ignoring case;
-an item is right when any label accepts it. Reported per split and as their average."""
+Relaxed accuracy (pix2struct's rule, the official one): when answer and label parse as floats
+(`official_float`) and the label is not 0, the answer may be off by up to 5% of the label;
+otherwise it must equal the label ignoring case. An item is right when any label accepts it. Reported per split and as their average."""
 from __future__ import annotations
 
 import os
@@ -22,9 +22,20 @@ RELAXED_TOLERANCE = 0.05
 RELAXED, EXACT = "relaxed_5pct", "exact_case_insensitive"
 
 
+def official_float(text: str) -> float | None:
+    """pix2struct's number parsing: Python's float(), a trailing "%" dividing by 100; nothing
+    else ("1,234", "$12" and "12 million" are text)."""
+    text = text.strip()
+    try:
+        return float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+    except ValueError:
+        return None
+
+
 def relaxed_match(answer: str, label: str) -> rewards.Match:
-    if rewards.parse_number(answer) is not None and rewards.parse_number(label) is not None:
-        return rewards.Match(rewards.numbers_match(answer, label, RELAXED_TOLERANCE), RELAXED)
+    value, target = official_float(answer), official_float(label)
+    if value is not None and target:  # a label of 0 is compared as text, as in pix2struct
+        return rewards.Match(abs(value - target) / abs(target) <= RELAXED_TOLERANCE, RELAXED)
     return rewards.Match(answer.strip().lower() == label.strip().lower(), EXACT)
 
 

@@ -4,25 +4,35 @@ Ids are `id`. `split` picks the file when --data is a folder holding both splits
 
 Official comparison: multiple choice is right by the letter or by the option's text; a
 free-form answer is right when equal as lower-case text, or equal as numbers rounded to two
-decimals, or (standing in for the official sympy evaluation) equal to math-verify."""
+decimals (either side may be an expression with a value, e.g. a gold "\\sqrt{2}" and "1.41"), or
+(standing in for the official sympy evaluation) equal to math-verify. A bare response that names
+no option otherwise is read by its final option letter ("... so (C).")."""
 from __future__ import annotations
 
 import os
+import re
 
 from codedance_jax import rewards
 from codedance_jax.eval import prompts
 from codedance_jax.eval.items import DataError, Dataset, Item, check_exists, collect, image_field, require
 from codedance_jax.eval.registry import Benchmark, register
 from codedance_jax.eval.tables import READERS, read_rows
+from codedance_jax.rewards.mathverify import numeric_value
 
 SPLITS = ("testmini", "test")
 NUMERIC_2DP = "numeric_2dp"
+_TRAILING_LETTER = re.compile(r"(?:^|[\s(:])\(?([A-E])\)?\.?\s*$")  # the official fallback: a final option letter
+
+
+def _value(text: str) -> float | None:
+    number = rewards.parse_number(text)
+    return number if number is not None else numeric_value(text)
 
 
 def free_form_match(answer: str, gold: str) -> rewards.Match:
     if answer.strip().lower() == gold.strip().lower():
         return rewards.Match(True, rewards.match.STRING)
-    a, b = rewards.parse_number(answer), rewards.parse_number(gold)
+    a, b = _value(answer), _value(gold)
     if a is not None and b is not None:
         return rewards.Match(round(a, 2) == round(b, 2), NUMERIC_2DP)
     return rewards.match_answer(answer, gold, task=rewards.MATH)
@@ -69,5 +79,8 @@ class MathVision(Benchmark):
 
     def check(self, item, answer):
         if item.options:
+            trailing = _TRAILING_LETTER.search(answer)
+            if rewards.choice_index(answer, item.options) is None and trailing:  # "... so (C)."
+                answer = trailing.group(1)
             return rewards.match_answer(answer, item.gold, item.options)
         return free_form_match(answer, item.gold)
