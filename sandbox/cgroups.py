@@ -2,9 +2,10 @@
 memory and memfd pages they touch) stay within its memory limit, however many processes it
 forks and whatever it unmaps.
 
-The pool makes one directory for itself in the memory hierarchy it may write (cgroup v2 with
-the memory controller delegated to the top level, else the cgroup v1 memory controller, below
-the pool's own cgroup) and one child per session uid, reused by the sessions that get that uid.
+The pool makes one directory for itself in the memory hierarchy it may write (see
+`_candidates`: cgroup v2 at the top level or below the pool's own cgroup, else the cgroup v1
+memory controller below the pool's own cgroup) and one child per session uid, reused by the
+sessions that get that uid. `describe()` says which is in force.
 The sandbox gets only a write-only descriptor of the child's cgroup.procs. Where neither
 hierarchy is writable, `create` returns None and the per-process rlimits are the only bound.
 """
@@ -16,6 +17,7 @@ import re
 import time
 
 PREFIX = "codedance-sandbox-"
+LEAF = "codedance-leaf"  # where a v2 cgroup's own processes move so it may hand down controllers
 
 
 def _mounts():
@@ -45,21 +47,60 @@ def _write(path: str, value: str) -> None:
         handle.write(value)
 
 
+def _read_words(path: str) -> list[str]:
+    try:
+        with open(path) as handle:
+            return handle.read().split()
+    except OSError:
+        return []
+
+
+def _own_directory(point: str, root: str, controller: str) -> str:
+    """This process's cgroup directory under the mount at `point` (whose root is `root`)."""
+    own = _own_path(controller)
+    relative = os.path.relpath(own, root) if own and own.startswith(root) else "."
+    return os.path.normpath(os.path.join(point, relative))
+
+
 def _candidates():
-    """(version, directory to create the pool's cgroup in), most preferred first."""
-    for fstype, point, root, options in _mounts():
-        if fstype == "cgroup2":
-            try:
-                with open(os.path.join(point, "cgroup.subtree_control")) as control:
-                    if "memory" in control.read().split():
-                        yield "v2", point
-            except OSError:
-                continue
+    """(version, directory to create the pool's cgroup in), most preferred first:
+    - v2 where the top level already hands the memory controller down (a VM's systemd);
+    - v2 below this process's own cgroup where the memory controller is available there (a
+      container's cgroup namespace; `enable_memory_v2` turns it on);
+    - the v1 memory controller below this process's own cgroup."""
+    v2 = [(point, root) for fstype, point, root, _ in _mounts() if fstype == "cgroup2"]
+    for point, _ in v2:
+        if "memory" in _read_words(os.path.join(point, "cgroup.subtree_control")):
+            yield "v2", point
+    for point, root in v2:
+        own = _own_directory(point, root, "")
+        if "memory" in _read_words(os.path.join(own, "cgroup.controllers")):
+            yield "v2", own
     for fstype, point, root, options in _mounts():
         if fstype == "cgroup" and "memory" in options:
-            own = _own_path("memory")
-            relative = os.path.relpath(own, root) if own and own.startswith(root) else "."
-            yield "v1", os.path.normpath(os.path.join(point, relative))
+            yield "v1", _own_directory(point, root, "memory")
+
+
+def enable_memory_v2(directory: str) -> None:
+    """Hands cgroup v2's memory controller down to `directory`'s children. v2 refuses that (EBUSY)
+    while the cgroup holds processes of its own, as a container's root cgroup does; those then
+    move to a leaf child first, as container init systems do. Raises OSError when it cannot."""
+    control = os.path.join(directory, "cgroup.subtree_control")
+    if "memory" in _read_words(control):
+        return
+    try:
+        return _write(control, "+memory")
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+    leaf = os.path.join(directory, LEAF)
+    os.makedirs(leaf, exist_ok=True)
+    for pid in _read_words(os.path.join(directory, "cgroup.procs")):
+        try:
+            _write(os.path.join(leaf, "cgroup.procs"), pid)
+        except ProcessLookupError:  # it exited meanwhile
+            continue
+    _write(control, "+memory")
 
 
 def _remove_stale(parent: str) -> None:
@@ -111,6 +152,8 @@ class MemoryCgroups:
             _remove_stale(parent)
             directory = os.path.join(parent, f"{PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
             try:
+                if version == "v2":
+                    enable_memory_v2(parent)
                 os.mkdir(directory, 0o700)
             except OSError:
                 continue
@@ -140,7 +183,7 @@ class MemoryCgroups:
         return os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
 
     def describe(self) -> str:
-        return (f"memory: cgroup {self.version} memory controller, at most "
+        return (f"memory: cgroup {self.version} memory controller (in {os.path.dirname(self.directory)}), at most "
                 f"{self.limit // 2**20} MB per session for all its processes together "
                 f"(tmpfs, shared memory and memfd pages included; no swap)")
 

@@ -151,6 +151,9 @@ def distributions(packages) -> list:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             continue
+        if dist.files is None:  # e.g. a distro package without a RECORD: nothing says what to mount
+            raise MissingPackage(f"sandbox package distribution {name!r} (in {dist.locate_file('')}) lists no files; "
+                                 f"install it with pip so the sandbox can mount exactly its files")
         found[key] = dist
         queue += _requirement_names(dist)
     return list(found.values())

@@ -35,7 +35,9 @@ def assert_serves(pool, session_id):
 def assert_timed_out(result):
     assert result.timed_out and result.session_reset, result
     assert result.error.startswith("TimeoutError")
-    assert result.duration_s < 6
+    # Stopped by the 2 s timeout, not by the code (which runs forever or for 1000 s); the margin
+    # is for the kill and the reply on a loaded machine, not a speed target.
+    assert result.duration_s < 60
 
 
 # -- time ------------------------------------------------------------------------------------

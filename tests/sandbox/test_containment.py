@@ -128,6 +128,22 @@ def test_a_missing_or_malformed_package_list_is_named():
         InterpreterPool(num_workers=1, packages="numpy")
 
 
+def test_a_distribution_without_a_file_list_is_named(monkeypatch):
+    from importlib import metadata
+
+    from sandbox import view
+    real = metadata.distribution
+
+    def without_files(name):
+        dist = real(name)
+        if name.lower() == "pillow":
+            monkeypatch.setattr(type(dist), "files", property(lambda self: None))
+        return dist
+    monkeypatch.setattr(view.metadata, "distribution", without_files)
+    with pytest.raises(MissingPackage, match="'(?i:pillow)'.* lists no files"):
+        view.distributions(["PIL"])
+
+
 # -- memory ------------------------------------------------------------------------------------
 
 def test_a_session_is_bounded_as_a_whole(roomy_pool, session_id):
