@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import re
 
-from absl import app, flags, logging
+from absl import app, flags
 from PIL import Image
 
 from codedance_jax.logging_setup import quiet_library_logs
-from codedance_jax.processing.tokenizer import load_tokenizer
+from codedance_jax.processing.image import ImageProcessingConfig
+from codedance_jax.processing.tokenizer import checkpoint_tokenizer_dir, load_tokenizer
 from models.qwen2_5_vl import Qwen2_5_VL
 from rollout import flags as _engine_flags  # noqa: F401 - defines the shared engine flags
 from rollout.engine import Engine, EngineConfig, Request
@@ -30,15 +31,6 @@ flags.DEFINE_string("save_images_dir", None, "If set, every image of the traject
 IMAGE_PAD_RUN = re.compile(r"(?:<\|image_pad\|>)+")
 
 
-def _tokenizer_dir() -> str | None:
-    if FLAGS.tokenizer_dir:
-        return FLAGS.tokenizer_dir
-    if os.path.exists(os.path.join(FLAGS.ckpt_dir, "tokenizer_config.json")):
-        return FLAGS.ckpt_dir
-    logging.warning("%s has no tokenizer files; using the packaged test tokenizer", FLAGS.ckpt_dir)
-    return None
-
-
 def _readable(text: str) -> str:
     """The trajectory text with each image's run of pads shown as one marker."""
     return IMAGE_PAD_RUN.sub(lambda m: f"<|image_pad|>x{m.group(0).count('<|image_pad|>')}", text)
@@ -48,12 +40,13 @@ def main(argv):
     del argv
     quiet_library_logs()
     model = Qwen2_5_VL.from_checkpoint(FLAGS.ckpt_dir, dtype=FLAGS.dtype)
-    tokenizer = load_tokenizer(_tokenizer_dir())
+    tokenizer = load_tokenizer(checkpoint_tokenizer_dir(FLAGS.ckpt_dir, FLAGS.tokenizer_dir))
     config = EngineConfig(num_slots=1, max_context=FLAGS.max_context, prefill_chunk=FLAGS.prefill_chunk,
                           decode_steps=FLAGS.decode_steps, max_turns=FLAGS.max_turns,
                           max_turn_tokens=FLAGS.max_turn_tokens, max_response_tokens=FLAGS.max_context,
                           max_tool_tokens=FLAGS.max_context,
-                          sampling=SamplingParams(FLAGS.temperature, FLAGS.top_p, FLAGS.top_k))
+                          sampling=SamplingParams(FLAGS.temperature, FLAGS.top_p, FLAGS.top_k),
+                          image_config=ImageProcessingConfig.for_checkpoint(FLAGS.ckpt_dir))
     with Image.open(FLAGS.image) as image:
         request = Request.from_question(FLAGS.question, image.convert("RGB"), system_prompt=FLAGS.system_prompt or None,
                                         seed=FLAGS.seed)

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from codedance_jax.checkpoint import TrainCheckpointer
 from codedance_jax.hf.files import copy_assets
+from codedance_jax.processing.image import PREPROCESSOR_CONFIG, ImageProcessingConfig
 from models.qwen2_5_vl import ModelConfig
 from models.qwen2_5_vl.model import PARAMS_SUBDIR
 from models.qwen2_5_vl.params_io import save_params
@@ -22,20 +23,26 @@ from train.state import TrainState
 EXPORT_SUBDIR = "export"  # final parameters as a checkpoint `codedance_jax.hf.export` converts
 
 
-def export_parameters(state: TrainState, model_cfg: ModelConfig, out_dir: str, asset_dir: str = "") -> None:
+def export_parameters(state: TrainState, model_cfg: ModelConfig, out_dir: str, asset_dir: str = "",
+                      image_config: ImageProcessingConfig | None = None) -> None:
     """Writes config.json + params/ (the converted-checkpoint layout) for `hf.export` and
-    `Qwen2_5_VL.from_checkpoint`; tokenizer/processor files come from `asset_dir` when given."""
+    `Qwen2_5_VL.from_checkpoint`; tokenizer files come from `asset_dir` when given, and
+    preprocessor_config.json says the image sizes the run trained with (`image_config`)."""
     save_params(os.path.join(out_dir, PARAMS_SUBDIR), state.params)
     if jax.process_index() == 0:
         if asset_dir:
             copy_assets(asset_dir, out_dir, skip=("config.json",))
+        if image_config is not None:
+            with open(os.path.join(out_dir, PREPROCESSOR_CONFIG), "w") as f:
+                json.dump(image_config.to_preprocessor_config(), f, indent=2)
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(model_cfg.to_hf_dict(), f, indent=2)
 
 
 def run_training(config, workdir: str, *, model_cfg: ModelConfig, abstract_state: TrainState,
                  fresh_state: Callable[[], TrainState], train_step: Callable[[TrainState], tuple[TrainState, dict]],
-                 data_iterator, asset_dir: str = "", evaluate: Callable[[TrainState], dict] | None = None,
+                 data_iterator, asset_dir: str = "", image_config: ImageProcessingConfig | None = None,
+                 evaluate: Callable[[TrainState], dict] | None = None,
                  plotted: tuple[str, ...] = PLOTTED, progress_keys: tuple[str, ...] = ("loss",)) -> TrainState:
     """Trains until `config.total_steps`, resuming from the latest checkpoint in `workdir`.
 
@@ -97,7 +104,7 @@ def run_training(config, workdir: str, *, model_cfg: ModelConfig, abstract_state
                 checkpointer.save(step, state, data_iterator.get_state())
             logging.warning("SIGTERM: saved a checkpoint at step %d and stopping", step)
         else:
-            export_parameters(state, model_cfg, os.path.join(workdir, EXPORT_SUBDIR), asset_dir)
+            export_parameters(state, model_cfg, os.path.join(workdir, EXPORT_SUBDIR), asset_dir, image_config)
     finally:
         checkpointer.close()
         progress.close()

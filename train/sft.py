@@ -73,7 +73,7 @@ def main(argv):
     run_training(config, workdir, model_cfg=model_cfg,
                  abstract_state=abstract_state(model_cfg, tx, shardings, param_dtype), fresh_state=fresh_state,
                  train_step=lambda state: step_fn(state, next_batch()), data_iterator=batches,
-                 asset_dir=tokenizer_files(config))
+                 asset_dir=tokenizer_files(config), image_config=images)
 
 
 if __name__ == "__main__":

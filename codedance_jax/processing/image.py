@@ -3,7 +3,10 @@ and cut into flattened patches. Output equals transformers' ``Qwen2VLImageProces
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import numbers
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -12,6 +15,7 @@ from PIL import Image
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_ASPECT_RATIO = 200
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +29,14 @@ class ImageProcessingConfig:
     image_mean: tuple[float, ...] = CLIP_MEAN
     image_std: tuple[float, ...] = CLIP_STD
     rescale_factor: float = 1 / 255
+
+    def __post_init__(self):
+        for name in ("patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"image config: {name} must be a positive integer, got {value!r}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"image config: min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
 
     @property
     def factor(self) -> int:
@@ -51,6 +63,28 @@ class ImageProcessingConfig:
         for key in ("patch_size", "temporal_patch_size", "merge_size", "rescale_factor"):
             values[key] = config.get(key)
         return cls(**{k: v for k, v in values.items() if v is not None})
+
+    def to_preprocessor_config(self) -> dict[str, Any]:
+        """preprocessor_config.json as transformers' Qwen2-VL image processor reads it."""
+        return {"image_processor_type": "Qwen2VLImageProcessor", "do_resize": True, "do_rescale": True,
+                "do_normalize": True, "do_convert_rgb": True, "min_pixels": self.min_pixels,
+                "max_pixels": self.max_pixels,
+                "size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
+                "patch_size": self.patch_size, "temporal_patch_size": self.temporal_patch_size,
+                "merge_size": self.merge_size, "image_mean": list(self.image_mean), "image_std": list(self.image_std),
+                "rescale_factor": self.rescale_factor}
+
+    @classmethod
+    def for_checkpoint(cls, ckpt_dir: str) -> "ImageProcessingConfig":
+        """The checkpoint's preprocessor_config.json (what its model was trained with), else the defaults."""
+        path = os.path.join(ckpt_dir, PREPROCESSOR_CONFIG)
+        if not os.path.exists(path):
+            return cls()
+        with open(path) as f:
+            try:
+                return cls.from_preprocessor_config(json.load(f))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{path}: not a usable preprocessor config: {err}") from err
 
 
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,

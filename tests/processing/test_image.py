@@ -92,3 +92,17 @@ def test_config_from_preprocessor_config():
     nested = {"size": {"shortest_edge": 1024, "longest_edge": 4096}}
     config = ImageProcessingConfig.from_preprocessor_config(nested)
     assert (config.min_pixels, config.max_pixels) == (1024, 4096)
+
+
+def test_written_preprocessor_config_reads_back_the_same_here_and_in_transformers(tmp_path):
+    import json
+    config = ImageProcessingConfig(min_pixels=3136, max_pixels=224 * 224)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config.to_preprocessor_config()))
+    assert ImageProcessingConfig.for_checkpoint(str(tmp_path)) == config
+    hf = Qwen2VLImageProcessorPil.from_pretrained(str(tmp_path))
+    image = random_image(np.random.default_rng(3), 480, 640, "RGB")
+    np.testing.assert_array_equal(preprocess_image(image, config)[1], hf(images=[image], return_tensors="np")["image_grid_thw"])
+    assert ImageProcessingConfig.for_checkpoint(str(tmp_path / "nothing")) == ImageProcessingConfig()
+    (tmp_path / "preprocessor_config.json").write_text('{"min_pixels": "many"}')
+    with pytest.raises(ValueError, match="preprocessor_config.json: not a usable preprocessor config"):
+        ImageProcessingConfig.for_checkpoint(str(tmp_path))

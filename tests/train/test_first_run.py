@@ -10,6 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
+from codedance_jax.processing.image import ImageProcessingConfig
 from configs.sft import DEMO_TOKENIZER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,3 +47,7 @@ def test_sft_export_answers_with_no_tokenizer_flag_and_no_library_logs(tmp_path)
     assert ABSL_LINE.findall(answer.stderr) == [], answer.stderr[-3000:]
     assert TRANSFORMERS_LINE.findall(sft.stderr + answer.stderr) == []
     assert "finish reason: turn_token_limit" in answer.stdout
+    # The export says the image budget the run trained with, and the answer binary uses it:
+    # 140x112 px at 12544 px max is 112x84 px, 12 tokens (20 at the default budget).
+    assert ImageProcessingConfig.for_checkpoint(str(export)).max_pixels == 12544
+    assert "<|image_pad|>x12<|vision_end|>" in answer.stdout, answer.stdout
