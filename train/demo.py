@@ -22,6 +22,7 @@ import time
 from absl import app, flags
 
 from codedance_jax.data.trajectories import EASY, HARD
+from configs import grpo as grpo_config
 from train.monitoring import plot_curves
 
 
@@ -68,11 +69,15 @@ class Stage:
 
 
 def eval_stage(name: str, ckpt_dir: str, out_dir: str, num_items: int, extra=()) -> Stage:
-    # Greedy, no system prompt (SFT trained without one), the demo's image budget and turn sizes.
+    # Greedy, no system prompt (SFT trained without one), the image budget and turn limits the
+    # GRPO stage rolls out with.
+    c = grpo_config.get_config("demo")
+    r = c.rollout
     return Stage(name, ["-m", "codedance_jax.eval.main", f"--ckpt_dir={ckpt_dir}", f"--out_dir={out_dir}",
-                        f"--benchmark=synthetic:num={num_items}", "--system_prompt=", "--max_turns=3",
-                        "--max_turn_tokens=256", "--max_tool_tokens=256", "--max_context=768", "--num_slots=16",
-                        "--max_pixels=50176", "--sandbox_workers=2", "--progress=false", *extra],
+                        f"--benchmark=synthetic:num={num_items}", "--system_prompt=", f"--max_turns={r.max_turns}",
+                        f"--max_turn_tokens={r.max_turn_tokens}", f"--max_tool_tokens={r.max_tool_tokens}",
+                        f"--max_context={r.max_context}", "--num_slots=16", f"--max_pixels={c.data.max_pixels}",
+                        f"--sandbox_workers={c.sandbox.num_workers}", "--progress=false", *extra],
                  os.path.join(out_dir, "summary.json"))
 
 

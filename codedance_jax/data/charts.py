@@ -15,6 +15,9 @@ from codedance_jax.data.trajectories import EASY, HARD, Task, code_answer, direc
 MAX_VALUE = 10
 GRID = (200, 200, 200)
 INK = (0, 0, 0)
+# Asked of labelled (easy) and unlabelled (hard) charts alike: only the picture tells them apart.
+BAR_QUESTION = ("The axis runs from 0 at the bottom line to {max_value} at the top line. What is the value of the "
+                "{colour} bar? Answer with a number.")
 
 # The two black lines spanning the plot are the rows that are mostly dark: the bottom one is 0,
 # the top one MAX_VALUE. A bar's top is its first row that is mostly its colour.
@@ -57,7 +60,7 @@ def bar_labelled_task(rng: np.random.Generator, fail_first: bool) -> Task:
     image, values = _chart(rng, labelled=True)
     colour = str(rng.choice(list(values)))
     answer = str(values[colour])
-    return Task("bar_labelled", EASY, image, f"What number is written above the {colour} bar? Answer with a number.",
+    return Task("bar_labelled", EASY, image, BAR_QUESTION.format(colour=colour, max_value=MAX_VALUE),
                 answer, direct_answer(f"The label above the {colour} bar reads {answer}.", answer))
 
 
@@ -68,7 +71,5 @@ def bar_value_task(rng: np.random.Generator, fail_first: bool) -> Task:
     plan = (f"The gridlines are not labelled; I will measure the {colour} bar's height in pixels "
             f"against the 0 and {MAX_VALUE} axis lines.")
     code = _READ_CODE.format(rgb=list(COLOURS[colour]), max_value=MAX_VALUE)
-    return Task("bar_value", HARD, image,
-                f"The axis runs from 0 at the bottom line to {MAX_VALUE} at the top line. What is the value of "
-                f"the {colour} bar? Answer with a number.", answer,
+    return Task("bar_value", HARD, image, BAR_QUESTION.format(colour=colour, max_value=MAX_VALUE), answer,
                 code_answer(plan, code, f"The {colour} bar reaches {answer}.", answer, fail_first))

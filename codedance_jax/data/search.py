@@ -12,7 +12,8 @@ from codedance_jax.data.shapes import COLOURS
 from codedance_jax.data.trajectories import EASY, HARD, Task, code_answer, direct_answer
 
 MARGIN = 16  # px the mark keeps from the image's centre lines, so its quadrant is unambiguous
-_QUESTION = "Where is the {size} {colour} {mark}? Answer top-left, top-right, bottom-left or bottom-right."
+# One wording for both sizes: only the picture says whether the mark is plain to see.
+QUESTION = "Where is the {colour} mark? Answer top-left, top-right, bottom-left or bottom-right."
 
 _FIND_CODE = """import numpy as np
 
@@ -50,7 +51,7 @@ def _search_image(rng: np.random.Generator, colour: str, radius: int) -> tuple[I
 def search_large_task(rng: np.random.Generator, fail_first: bool) -> Task:
     colour = str(rng.choice(list(COLOURS)))
     image, answer = _search_image(rng, colour, radius=int(rng.integers(20, 30)))
-    return Task("search_large", EASY, image, _QUESTION.format(size="large", colour=colour, mark="square"), answer,
+    return Task("search_large", EASY, image, QUESTION.format(colour=colour), answer,
                 direct_answer(f"The large {colour} square is in the {answer} part of the image.", answer))
 
 
@@ -59,5 +60,5 @@ def search_small_task(rng: np.random.Generator, fail_first: bool) -> Task:
     image, answer = _search_image(rng, colour, radius=3)
     plan = f"The {colour} dot is tiny among the clutter; I will find its pixels by colour and locate them."
     code = _FIND_CODE.format(rgb=list(COLOURS[colour]))
-    return Task("search_small", HARD, image, _QUESTION.format(size="small", colour=colour, mark="dot"), answer,
+    return Task("search_small", HARD, image, QUESTION.format(colour=colour), answer,
                 code_answer(plan, code, f"The {colour} pixels are in the {answer} quadrant.", answer, fail_first))

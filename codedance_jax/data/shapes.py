@@ -21,6 +21,8 @@ SIDE_RANGE = (128, 288)    # image width and height, px
 GAP = 6                    # px between shape boxes, so shapes never touch
 LARGEST_MARGIN = 1.3       # "largest shape" is asked only when it is this much larger than the next
 NUMBERS = ("zero", "one", "two", "three", "four")
+# Asked of a few large shapes (easy) and of many small ones (hard) alike.
+COUNT_COLOUR_QUESTION = "How many {colour} shapes are there? Answer with a number."
 
 # A pixel belongs to a colour when its summed absolute RGB difference is below this (JPEG keeps
 # flat colours well within it); shapes are told apart by how much of their bounding box they fill
@@ -138,11 +140,14 @@ def exists_task(rng: np.random.Generator, fail_first: bool) -> Task:
 
 
 def count_few_task(rng: np.random.Generator, fail_first: bool) -> Task:
+    """Worded like `count_many_task`: only the picture (a few large shapes) says it is easy."""
     scene = random_scene(rng, count=(1, 4), size=(30, 44), side=(224, 288))
-    answer = str(len(scene.shapes))
-    thought = f"I can see {NUMBERS[len(scene.shapes)]} large shapes: {_listing(scene)}."
-    return Task("count_few", EASY, scene.draw(), "How many shapes are there? Answer with a number.", answer,
-                direct_answer(thought, answer))
+    colour = scene.shapes[int(rng.integers(len(scene.shapes)))].colour
+    count = sum(shape.colour == colour for shape in scene.shapes)
+    thought = (f"I can see {NUMBERS[len(scene.shapes)]} large shapes: {_listing(scene)}. "
+               f"{NUMBERS[count].capitalize()} of them {'is' if count == 1 else 'are'} {colour}.")
+    return Task("count_few", EASY, scene.draw(), COUNT_COLOUR_QUESTION.format(colour=colour), str(count),
+                direct_answer(thought, str(count)))
 
 
 def count_task(rng: np.random.Generator, fail_first: bool) -> Task:
@@ -182,5 +187,5 @@ def count_many_task(rng: np.random.Generator, fail_first: bool) -> Task:
     answer = str(sum(shape.colour == colour for shape in scene.shapes))
     plan = f"There are many small shapes; I will label the connected {colour} regions and count them."
     code = _COUNT_MANY_CODE.format(rgb=list(COLOURS[colour]))
-    return Task("count_many", HARD, scene.draw(), f"How many {colour} shapes are there? Answer with a number.",
+    return Task("count_many", HARD, scene.draw(), COUNT_COLOUR_QUESTION.format(colour=colour),
                 answer, code_answer(plan, code, f"The code found {answer} {colour} shapes.", answer, fail_first))

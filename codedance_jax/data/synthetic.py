@@ -4,7 +4,9 @@ needed on the easy ones, so a tiny model can be trained and evaluated without do
 Each record is in the release's record form (``messages`` + PNG ``images``) with its
 ``ground_truth``, ``kind`` and ``difficulty`` (``easy``: answered directly; ``hard``: a code turn,
 the tool turn the rollout engine would show for what that code prints, and the answer; some hard
-records first write code with a syntax error, see it fail, and fix it). Kinds: shapes
+records first write code with a syntax error, see it fail, and fix it). Within a family the easy
+and the hard kind are asked in the same words (how many shapes of a colour, a bar's value, where
+a mark is), so only the picture says which one an item is. Kinds: shapes
 (`shapes.py`), bar charts (`charts.py`) and visual search (`search.py`). The code is real: run in
 the sandbox on the image it receives (the record's image resized for the model, as a JPEG) it
 prints the ground truth, which the tests check.
