@@ -36,7 +36,7 @@ SMALL_VISION_IDS = (1152, 1155, 1153)  # vision start, image pad, vision end (te
 def bench_config(vocab: str = "152k") -> Qwen2_5_VLConfig:
     small = vocab == "small"
     specials = (dict(vision_start_token_id=1152, vision_end_token_id=1153, image_token_id=1155,
-                     video_token_id=1156) if small else {})
+                     video_token_id=1156, bos_token_id=1150, eos_token_id=1151) if small else {})
     depth, fullatt = (4, [1, 3]) if small else (8, [3, 7])
     return Qwen2_5_VLConfig(
         text_config=dict(vocab_size=SMALL_VOCAB if small else 151936, hidden_size=512, intermediate_size=1536,

@@ -10,7 +10,9 @@ and the same optimizer (AdamW, constant learning rate, no weight decay, global-n
 backward, `clip_grad_norm_`, `AdamW.step`. Prints the losses of the first steps of each (the
 first must agree to ~1e-4 relative in float32; these steps are the warm-up), then the median step
 time over `--steps` more steps of each (alternating ours and theirs, so both see the same load on
-a shared machine), tokens per second and the speed ratio.
+a shared machine), tokens per second and the speed ratio. Ours pads each sequence to its length
+bucket (the model's DEFAULT_LENGTH_BUCKETS: 770 tokens run as 832), as training does, and pays for
+the padding; transformers runs the exact length. The step's compilations are printed.
 
 Configs: `small` and `152k` are benchmarks/forward.bench_config (text hidden 512, 8 layers; a
 1200-token vocabulary and vision depth 4, or the real 151936-token vocabulary and vision depth
@@ -21,6 +23,7 @@ Configs: `small` and `152k` are benchmarks/forward.bench_config (text hidden 512
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -35,11 +38,12 @@ import torch  # noqa: E402
 
 from codedance_jax import mesh as mesh_lib  # noqa: E402
 from codedance_jax.hf.convert import convert  # noqa: E402
-from codedance_jax.processing.batching import Batch  # noqa: E402
+from codedance_jax.processing.batching import Batch, choose_bucket  # noqa: E402
 from codedance_jax.processing.rope_index import get_rope_index  # noqa: E402
 from configs.sft import get_config  # noqa: E402
 from hf_reference import random_hf_model, random_pixels, sequence, tiny_hf_config  # noqa: E402
 from models.qwen2_5_vl.config import load_config  # noqa: E402
+from models.qwen2_5_vl.model import DEFAULT_LENGTH_BUCKETS  # noqa: E402
 from train import inputs as inputs_lib  # noqa: E402
 from train.state import init_state, learning_rate_schedule, make_optimizer, state_shardings  # noqa: E402
 from train.step import jit_train_step  # noqa: E402
@@ -106,7 +110,21 @@ def ours_step_fn(ckpt_dir: str, batch: Batch):
         state, metrics = step(state, inputs)
         jax.block_until_ready(state)
         return float(metrics["loss"])
+    run.compilations = step._cache_size
     return run
+
+
+def padded_to_bucket(batch: Batch) -> Batch:
+    """The batch padded to its length bucket, as training pads it (padding has attention, loss
+    and position 0): ours pays for the padding, transformers runs the exact length."""
+    length = batch.input_ids.shape[1]
+    pad = choose_bucket(length, DEFAULT_LENGTH_BUCKETS, "sequence length") - length
+
+    def right(a):
+        return np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, pad)])
+    return dataclasses.replace(batch, input_ids=right(batch.input_ids), attention_mask=right(batch.attention_mask),
+                               position_ids=right(batch.position_ids), loss_mask=right(batch.loss_mask),
+                               mm_token_type_ids=right(batch.mm_token_type_ids))
 
 
 def torch_step_fn(model, batch: Batch):
@@ -151,7 +169,7 @@ def run(name: str, seq_len: int, args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(os.path.join(tmp, "hf"))
         convert(os.path.join(tmp, "hf"), os.path.join(tmp, "ckpt"))
-        ours = ours_step_fn(os.path.join(tmp, "ckpt"), batch)
+        ours = ours_step_fn(os.path.join(tmp, "ckpt"), padded_to_bucket(batch))
     theirs = torch_step_fn(hf, batch)
 
     ours_losses = [ours() for _ in range(COMPARED_STEPS)]  # the first compiles
@@ -166,13 +184,14 @@ def run(name: str, seq_len: int, args) -> None:
         print(f"  step {i + 1} loss: ours {a:.6f}  transformers {b:.6f}  relative difference {abs(a - b) / abs(b):.1e}")
     print(f"  ours {ours_s * 1e3:9.1f} ms/step ({tokens / ours_s:7.0f} tokens/s), transformers + torch "
           f"{ref_s * 1e3:9.1f} ms/step ({tokens / ref_s:7.0f} tokens/s): {ref_s / ours_s:.2f}x "
-          f"(median of {args.steps} steps each)")
+          f"(median of {args.steps} steps each); ours padded to {padded_to_bucket(batch).input_ids.shape[1]} tokens, "
+          f"{ours.compilations()} compilation(s)")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="small,152k", help="comma-separated: small, 152k, tiny")
-    parser.add_argument("--seq_lens", default="1024,770", help="tokens per sequence (no padding)")
+    parser.add_argument("--seq_lens", default="1024,770", help="tokens per sequence (ours pads to its bucket)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps of each, after %d untimed ones"
                         % COMPARED_STEPS)
     parser.add_argument("--batch", type=int, default=1, help="sequences per step (one 224x224 image each)")

@@ -43,9 +43,11 @@ from models.qwen2_5_vl import text
 from models.qwen2_5_vl.config import ModelConfig
 from rollout.sampling import choose_tokens
 
-# Decode attends to a power-of-two number of these key blocks (reading a few hundred unused keys
-# costs little next to the LM head; finer windows would only add compilations).
-WINDOW_BLOCK = 1024
+# Decode attends to a power-of-two number of these key blocks. With a small vocabulary, reading
+# unused keys costs as much as the weights: in benchmarks/decode.py's `small` config (1024 ids,
+# batch 8) 1024-key windows left decode 5.8x from its floor, 256-key windows 2.6x. Each doubling
+# of the window is one more compilation.
+WINDOW_BLOCK = 256
 
 
 @dataclasses.dataclass
