@@ -115,9 +115,13 @@ class Theirs:
         rollouts = [self._generate(p) for p in batch]
         rolled = time.perf_counter()
         items, sequences = [], []
+        ends = {self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.pad_token_id}
         for group, (prompt, (chat, pixels, grids, out)) in enumerate(zip(batch, rollouts)):
             for row in out:
                 completion = row[len(chat.input_ids):].tolist()
+                # generate pads the shorter samples of a group: train up to the end token only, as ours does.
+                completion = completion[: next((k + 1 for k, t in enumerate(completion) if t in ends), len(completion))]
+                row = row[: len(chat.input_ids) + len(completion)]
                 items.append(rewards_lib.RewardItem(self.tokenizer.decode(completion), prompt.ground_truth, group))
                 sequences.append((row, len(chat.input_ids), pixels, grids, chat.mm_token_type_ids))
         advantages = rewards_lib.compute_rewards(items, "bat").advantages
@@ -159,7 +163,8 @@ def main():
             runs["theirs"].append(theirs())
     print(f"tiny model (text hidden 64, 3 layers, 152k vocab), {args.prompts} prompts x {args.group} samples, "
           f"up to {args.new_tokens} new tokens, median of {args.steps} steps each; peer: transformers generate + "
-          f"torch update (TRL's GRPO loop written out)")
+          f"torch update (TRL's GRPO loop written out; TRL's GRPOTrainer itself cannot run the multi-turn "
+          f"sandboxed tool loop)")
     median = {name: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for name, rs in runs.items()}
     for name, m in median.items():
         print(f"  {name:6s}  step {m['step_s']:7.2f} s = rollout {m['rollout_s']:6.2f} + scoring {m['scoring_s']:5.3f}"

@@ -4,7 +4,7 @@ Writes docs/tool_reward.md (table) and docs/tool_reward.png (plot): tool-call ra
 hard items and accuracy, per reward.
 
     make demo   # or at least its SFT stage: the common start is workdir/demo/sft/export
-    python -m experiments.tool_reward [--seeds=0,1 --steps=30 --num_eval=64]
+    python -m experiments.tool_reward [--seeds=0,1,2 --steps=50 --num_eval=64]
 
 Every run is a stage of train/demo.py (own directory under --out_dir, resumable, skipped when
 done), so an interrupted experiment continues where it stopped.
@@ -123,7 +123,8 @@ def main(argv):
     os.makedirs(FLAGS.docs_dir, exist_ok=True)
     table = markdown(summary, settings)
     with open(os.path.join(FLAGS.docs_dir, "tool_reward.md"), "w") as f:
-        f.write("# Tool use by reward (experiments/tool_reward.py)\n\n" + table)
+        f.write("# Tool use by reward (experiments/tool_reward.py)\n\nWhat it shows, and why, is in the README "
+                "(\"Which reward teaches adaptive tool use?\").\n\n" + table)
     plot(summary, os.path.join(FLAGS.docs_dir, "tool_reward.png"))
     print(table)
 
@@ -135,8 +136,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("out_dir", "workdir/tool_reward", "Where the runs write.")
     flags.DEFINE_string("docs_dir", "docs", "Where the table and plot go.")
     flags.DEFINE_list("rewards", ["bat", "deepeyes", "accuracy"], "reward.kind values compared.")
-    flags.DEFINE_list("seeds", ["0", "1"],
+    flags.DEFINE_list("seeds", ["0", "1", "2"],
                       "GRPO sampling seeds per reward (the prompts and their order stay the same).")
-    flags.DEFINE_integer("steps", 30, "GRPO steps per run.")
+    flags.DEFINE_integer("steps", 50, "GRPO steps per run (the demo's GRPO stage runs 40).")
     flags.DEFINE_integer("num_eval", 64, "Held-out items evaluated per run.")
     app.run(main)
