@@ -68,19 +68,20 @@ def run_training(config, workdir: str, *, model_cfg: ModelConfig, abstract_state
     guard = PreemptionGuard()
     progress = tqdm(total=config.total_steps, initial=step, disable=not is_chief, desc="train", unit="step")
     plot_path = os.path.join(workdir, "curves.png")
-    tokens_since, time_since = 0.0, time.perf_counter()
+    tokens_pending, time_since = [], time.perf_counter()
     saved_step = step  # the start: restored from (or, at 0, nothing to save)
     try:
         while step < config.total_steps and not guard.stop_at(step):
             state, metrics = train_step(state)
             step += 1
-            tokens_since = tokens_since + metrics.get("tokens", 0.0)  # stays on device until a log step
+            # Kept on device until a log step, and not added there: no op of its own between steps.
+            tokens_pending.append(metrics.get("tokens", 0.0))
             if step % config.log_every == 0 or step == config.total_steps:
                 now = time.perf_counter()
                 values = {k: float(v) for k, v in metrics.items()}
-                values["tokens_per_second"] = float(tokens_since) / max(now - time_since, 1e-9)
+                values["tokens_per_second"] = sum(map(float, tokens_pending)) / max(now - time_since, 1e-9)
                 values.update({f"skipped_{k}": v for k, v in data_iterator.skipped.items()})
-                tokens_since, time_since = 0.0, now
+                tokens_pending, time_since = [], now
                 if values.get("update_refused"):
                     logging.error("step %d: the loss or gradients were not finite (loss %s, grad norm %s); the "
                                   "update was refused and the parameters are unchanged",
