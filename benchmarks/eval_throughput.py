@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=8, help="engine slots")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        hf_model = random_hf_model(bench_config(), seed=0)
+        hf_model = random_hf_model(bench_config("bench"), seed=0)
         save_hf(hf_model, os.path.join(tmp, "hf"))
         convert(os.path.join(tmp, "hf"), os.path.join(tmp, "ckpt"))
         model = Qwen2_5_VL.from_checkpoint(os.path.join(tmp, "ckpt"))
